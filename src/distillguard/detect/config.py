@@ -1,8 +1,74 @@
-"""Settings for detection (owned by distillguard.detect)."""
+"""Settings for detection (owned by distillguard.detect).
 
-from pydantic import BaseModel
+Defaults are the recommended operating point; the threshold itself is not a setting to hand-tune:
+it comes from ``distillguard detect calibrate`` on benign traffic (``threshold_file``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class RiskWeights(BaseModel):
+    """How much each signal family moves the risk. Set from what each signal means (intent beats
+    automation beats topic shape), not fitted to attack labels; the threshold is calibrated on
+    benign traffic only."""
+
+    reasoning_elicitation: float = 2.2
+    harvesting: float = 1.6
+    template_reuse: float = 0.8
+    fixed_system_prompt: float = 0.3
+    param_uniformity: float = 0.3
+    time_regularity: float = 0.5
+    single_turn: float = 0.3
+    volume: float = 0.6
+    topic_concentration: float = 0.8
+    topic_sweep: float = 1.0
+    mmd_distance: float = 0.9
+    #: bias of the logistic squashing; only the ranking matters, the threshold is calibrated
+    bias: float = -4.0
 
 
 class DetectConfig(BaseModel):
     #: run the online detection worker inside `serve`
     enabled: bool = True
+    #: JSON written by `distillguard detect calibrate`; without one, `default_threshold` is used
+    threshold_file: Path | None = None
+    #: used only when no calibration file exists (an uncalibrated operating point: say so in reports)
+    default_threshold: float = 0.9
+    #: embed prompts with MiniLM (topic signals). Off only for fast tests; the product keeps it on
+    embeddings: bool = True
+    #: MiniLM truncation: distillation prompts are recognisable from their first 128 tokens
+    embed_max_seq_length: int = 128
+    embed_batch_size: int = 64
+    #: prompts embedded per account: all of the first `embed_full_first`, then one in `embed_every`
+    #: (bounded cost per event; the topic statistics are sample means and need no more)
+    embed_full_first: int = 128
+    embed_every: int = 4
+    #: per-account bounded state
+    template_slots: int = 16
+    example_slots: int = 4
+    time_buckets_kept: int = 512
+    #: seconds per activity bucket for lock-step timing
+    lockstep_bucket_s: float = 600.0
+    #: minimum requests before an account's own score may exceed the prior (evidence shrinkage)
+    shrinkage_requests: float = 25.0
+    #: max_tokens at or above this counts as "maximal" (the harvesting signal)
+    max_tokens_maximal: int = 2048
+    #: random Fourier features for the streaming MMD estimate
+    mmd_features: int = 256
+    mmd_bandwidth: float = 0.8
+    seed: int = 1234
+    #: coordination: recompute account links and clusters every this many events
+    link_every_events: int = 2000
+    #: an attribute (IP, user agent, system prompt, template) shared by more accounts than this is
+    #: common (a cloud NAT, the default SDK) and links nobody
+    link_max_shared: int = 60
+    link_min_weight: float = 1.6
+    #: an account needs this many requests before its centroid/timing can link it
+    link_min_requests: int = 8
+    weights: RiskWeights = Field(default_factory=RiskWeights)
+    #: worker: events per batch pulled from the bus
+    worker_batch: int = 256

@@ -18,6 +18,12 @@ class StoreError(ValueError):
     """A store operation was refused (unknown account, duplicate name...); the message says why."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The database could not be reached or refused to work (down, locked too long, bad URL).
+
+    Distinct from StoreError so callers can answer 503 / retry instead of blaming the input."""
+
+
 @dataclass
 class Account:
     name: str
@@ -73,7 +79,8 @@ class Store(ABC):
     def iter_events(self, since: float | None = None, account: str | None = None) -> Iterator[ExchangeEvent]:
         """Events in arrival order (by ts)."""
     @abstractmethod
-    def count_events(self) -> int: ...
+    def count_events(self, account: str | None = None) -> int:
+        """All events, or one account's when ``account`` is given."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

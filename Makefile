@@ -1,0 +1,16 @@
+# Two entry points; each does all the set-up it needs first (idempotent, see scripts/setup.sh).
+.PHONY: setup serve test bench-setup
+
+setup:
+	bash scripts/setup.sh
+
+serve: setup
+	.venv/bin/distillguard serve
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+# Benchmarks that compare against LiteLLM install it in a separate environment (.bench-venv),
+# so its pinned dependencies never touch the product's.
+bench-setup:
+	bash bench/setup_litellm.sh

@@ -1,0 +1,189 @@
+"""Template reuse: near-duplicate prompt skeletons and fixed system prompts.
+
+A distillation pipeline pours a data set through one or a few prompt templates ("Solve step by
+step: {question}"). The slot contents differ on every request, so exact hashing misses it; we
+reduce each prompt to a *skeleton* (numbers, quoted spans and long content words masked), take
+shingles from its head, its tail and its line starts (where template text lives), and compare
+MinHash signatures. Per account we keep a handful of template slots (a space-saving sketch), so
+state stays bounded however long the account runs. Templates that become established in an
+account go into a global MinHash LSH index (datasketch) so the coordination stage can find other
+accounts pouring prompts through the same template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_QUOTED = re.compile(r"\"[^\"\n]{1,400}\"|'[^'\n]{3,400}'|`[^`]{1,400}`|“[^”]{1,400}”")
+_NUM = re.compile(r"\d+(?:[.,]\d+)*")
+_TOKEN = re.compile(r"[a-z_]+|<[a-z]>|[^\sa-z_]")
+
+_MERSENNE = np.uint64((1 << 61) - 1)
+_MAX32 = np.uint64((1 << 32) - 1)
+
+#: tokens of this length or more are content words (slot fillers), masked in the skeleton
+LONG_WORD = 8
+HEAD = 12
+TAIL = 12
+MAX_LINES = 24
+
+
+def skeleton_tokens(text: str) -> list[str]:
+    """The prompt with its slot contents masked: the part a template author wrote."""
+    s = _QUOTED.sub(" <q> ", text.lower())
+    s = _NUM.sub(" <n> ", s)
+    toks = _TOKEN.findall(s)
+    return ["<w>" if len(t) >= LONG_WORD and not t.startswith("<") else t for t in toks]
+
+
+def skeleton(text: str) -> str:
+    return " ".join(skeleton_tokens(text))
+
+
+def shingles(text: str) -> set[str]:
+    """Shingles from where templates live: the head, the tail and the starts of lines."""
+    toks = skeleton_tokens(text)
+    out: set[str] = set()
+    for tag, part in (("h", toks[:HEAD]), ("t", toks[-TAIL:])):
+        if len(part) < 3:
+            out.update(f"{tag}1:{t}" for t in part)
+        for i in range(len(part) - 2):
+            out.add(f"{tag}:{part[i]} {part[i + 1]} {part[i + 2]}")
+    for line in text.lower().splitlines()[:MAX_LINES]:
+        lt = skeleton_tokens(line)[:2]
+        if lt:
+            out.add("l:" + " ".join(lt))
+    return out
+
+
+class MinHasher:
+    """Vectorised MinHash (same universal hashing family as datasketch) over string shingles."""
+
+    def __init__(self, num_perm: int = 64, seed: int = 1) -> None:
+        rng = np.random.RandomState(seed)
+        self.num_perm = num_perm
+        self.a = rng.randint(1, int(_MERSENNE), size=num_perm, dtype=np.uint64)
+        self.b = rng.randint(0, int(_MERSENNE), size=num_perm, dtype=np.uint64)
+
+    def signature(self, items: set[str]) -> np.ndarray:
+        if not items:
+            return np.full(self.num_perm, _MAX32, dtype=np.uint64)
+        hv = np.fromiter(
+            (int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little") for s in items),
+            dtype=np.uint64, count=len(items),
+        )
+        # (a*h + b) mod p, wrapping at 2^64 exactly as datasketch's numpy path does
+        ph = (np.outer(hv, self.a) + self.b) % _MERSENNE & _MAX32
+        return ph.min(axis=0)
+
+
+def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
+    return float(np.mean(sig_a == sig_b))
+
+
+def system_prompt(request: dict) -> str | None:
+    msgs = request.get("messages")
+    if not isinstance(msgs, list):
+        return None
+    parts = [m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+    parts = [p for p in parts if isinstance(p, str) and p.strip()]
+    return "\n".join(parts) if parts else None
+
+
+def user_text(request: dict) -> str:
+    """The last user turn (chat) or the prompt (completions): where a template's slots are."""
+    msgs = request.get("messages")
+    if isinstance(msgs, list):
+        for m in reversed(msgs):
+            if isinstance(m, dict) and m.get("role") == "user":
+                c = m.get("content")
+                if isinstance(c, str):
+                    return c
+                if isinstance(c, list):
+                    return "\n".join(p.get("text", "") for p in c if isinstance(p, dict))
+        return ""
+    p = request.get("prompt")
+    if isinstance(p, list):
+        return "\n".join(x for x in p if isinstance(x, str))
+    return p if isinstance(p, str) else ""
+
+
+def short_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+@dataclass
+class TemplateSlot:
+    sig: np.ndarray
+    count: int
+    example: str
+    global_key: str | None = None
+
+
+@dataclass
+class TemplateTracker:
+    """Bounded per-account template sketch.
+
+    ``matched`` counts requests whose skeleton matched a template the account had already used;
+    ``matched / requests`` is the reuse rate.
+    """
+
+    slots: int = 16
+    threshold: float = 0.55
+    requests: int = 0
+    matched: int = 0
+    table: list[TemplateSlot] = field(default_factory=list)
+
+    def add(self, sig: np.ndarray, text: str) -> TemplateSlot:
+        self.requests += 1
+        if self.table:
+            sims = np.mean(np.stack([s.sig for s in self.table]) == sig, axis=1)
+            best = int(np.argmax(sims))
+            if sims[best] >= self.threshold:
+                slot = self.table[best]
+                slot.count += 1
+                self.matched += 1
+                return slot
+        slot = TemplateSlot(sig=sig, count=1, example=text[:160])
+        if len(self.table) < self.slots:
+            self.table.append(slot)
+        else:
+            # space-saving: the new template replaces the rarest one and inherits its count, so a
+            # template that keeps coming back climbs past the one-off prompts
+            rare = min(range(len(self.table)), key=lambda i: self.table[i].count)
+            slot.count = self.table[rare].count + 1
+            self.table[rare] = slot
+        return slot
+
+    def reuse_rate(self) -> float:
+        return self.matched / self.requests if self.requests else 0.0
+
+    def top(self) -> TemplateSlot | None:
+        return max(self.table, key=lambda s: s.count) if self.table else None
+
+
+class TemplateIndex:
+    """Global LSH index (datasketch) of templates established in some account."""
+
+    def __init__(self, num_perm: int = 64, threshold: float = 0.55) -> None:
+        from datasketch import MinHashLSH
+
+        self.num_perm = num_perm
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._n = 0
+
+    def add_and_query(self, account: str, sig: np.ndarray) -> tuple[str, list[str]]:
+        """Insert an account's template; return its key and the other accounts that use it."""
+        from datasketch import LeanMinHash, MinHash
+
+        mh = LeanMinHash(MinHash(num_perm=self.num_perm, hashvalues=sig.astype(np.uint64)))
+        others = {k.split("\x00", 1)[0] for k in self.lsh.query(mh)}
+        key = f"{account}\x00{self._n}"
+        self._n += 1
+        self.lsh.insert(key, mh)
+        others.discard(account)
+        return key, sorted(others)

@@ -1,0 +1,81 @@
+"""The policy hook: what to do with a request, decided before the engine runs.
+
+``app.state.policy`` is any object with ``decide(ctx: PolicyContext) -> Decision`` (a coroutine
+function works too). The gateway acts on the decision:
+
+* ``allow``    serve normally;
+* ``throttle`` serve, with every rate limit multiplied by ``limit_scale`` (e.g. 0.25);
+* ``degrade``  serve, without logprobs (``strip_logprobs``), other limits as ``limit_scale`` says;
+* ``verify``   403 telling the customer how to verify the account;
+* ``block``    403.
+
+``logits_processors`` go to the engine with the request (``SamplingParams.logits_processors``):
+this is where a watermark or a countermeasure is attached per request. Engines that cannot run
+processors (remote upstreams) refuse requests that carry them rather than silently skip them.
+The default policy allows everything and attaches nothing; the real one lives elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from distillguard.engines.base import Engine, LogitsProcessor
+from distillguard.events import Decision as EventDecision
+from distillguard.store.base import Account, KeyRecord
+
+ACTIONS = ("allow", "throttle", "degrade", "verify", "block")
+
+VERIFY_MESSAGE = (
+    "This account must be verified before it can continue: contact the API owner to verify your "
+    "organisation (verified accounts get the 'verified' tier)."
+)
+
+
+@dataclass
+class PolicyContext:
+    account: Account
+    key: KeyRecord
+    tier: str
+    endpoint: str  # "/v1/chat/completions" | "/v1/completions"
+    request: dict[str, Any]  # the body as the client sent it
+    prompt_tokens: int
+    ip: str | None
+    user_agent: str | None
+    ts: float  # arrival time
+    engine: Engine
+
+
+@dataclass
+class Decision:
+    action: str = "allow"
+    reasons: list[str] = field(default_factory=list)
+    logits_processors: list[LogitsProcessor] = field(default_factory=list)
+    #: multiplies every rate limit of the request's tier (1.0 = unchanged)
+    limit_scale: float = 1.0
+    #: drop logprobs from the response (the "degrade" action implies it)
+    strip_logprobs: bool = False
+    #: shown to the client on "verify" / "block"
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown policy action {self.action!r}; expected one of {ACTIONS}")
+        if not self.limit_scale > 0:
+            raise ValueError("limit_scale must be positive")
+
+    def for_event(self) -> EventDecision:
+        return EventDecision(action=self.action, reasons=list(self.reasons))
+
+
+class Policy(Protocol):
+    def decide(self, ctx: PolicyContext) -> Decision: ...
+
+
+class AllowAll:
+    """The default: every request is allowed, nothing is attached."""
+
+    _ALLOW = Decision()
+
+    def decide(self, ctx: PolicyContext) -> Decision:
+        return self._ALLOW

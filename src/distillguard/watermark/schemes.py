@@ -1,0 +1,165 @@
+"""Watermark schemes: how generation is nudged, and what detection counts.
+
+Two families, both driven by the keyed uniform ``u(window, token)`` from ``hashing.py`` where the
+window is the ``h`` token ids before the position:
+
+* **Green list** (Kirchenbauer et al. 2023, "KGW"): token t is green after a window iff
+  ``u < gamma``; generation adds ``delta`` to green logits. Under H0 (text written without the key)
+  each distinct (window, token) is green with probability gamma, so the green count of n distinct
+  tuples is Binomial(n, gamma). ``self_seeding`` puts the candidate itself into the seed
+  (min-hash "SelfHash"). ``entropy_threshold`` > 0 spends the bias only where the model is
+  uncertain (SWEET, Lee et al. 2023): low-entropy tokens are left alone, which saves perplexity
+  and costs little power because a bias there rarely changes the choice anyway. Detection stays
+  model-free: ungated tokens are simply green at the null rate.
+* **Gumbel-max** (Aaronson 2022): choose ``argmax_i u_i^(1/p_i)`` where p is the request's own
+  sampling distribution (temperature and top-p applied first). Over the key this is an exact
+  sample from p, so quality is untouched (distortion-free). The score of a token is
+  ``-log(1 - u)``: Exp(1) under H0, so the sum over n distinct tuples is Gamma(n, 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from distillguard.engines.base import LogitsProcessor
+from distillguard.watermark.hashing import KeyedHash
+
+SchemeName = Literal["kgw", "gumbel"]
+
+
+@dataclass(frozen=True)
+class SchemeParams:
+    """What a watermark is; detection must use the same values generation used."""
+
+    scheme: SchemeName = "kgw"
+    gamma: float = 0.25
+    delta: float = 2.0
+    context_width: int = 1
+    self_seeding: bool = False
+    entropy_threshold: float = 0.0  # nats; 0 = bias every position
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("kgw", "gumbel"):
+            raise ValueError(f"unknown watermark scheme {self.scheme!r}: use 'kgw' or 'gumbel'")
+        if not 0.0 < self.gamma < 1.0:
+            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
+        if self.context_width < 1:
+            raise ValueError(f"context_width must be >= 1, got {self.context_width}")
+        if self.scheme == "gumbel" and self.self_seeding:
+            raise ValueError("self_seeding is only defined for the 'kgw' scheme")
+
+    def describe(self) -> dict[str, object]:
+        d: dict[str, object] = {"scheme": self.scheme, "context_width": self.context_width}
+        if self.scheme == "kgw":
+            d.update(gamma=self.gamma, delta=self.delta, self_seeding=self.self_seeding,
+                     entropy_threshold=self.entropy_threshold)
+        return d
+
+
+class Watermark:
+    """One scheme under one key: per-token uniforms, generation processors, per-token scores."""
+
+    def __init__(self, params: SchemeParams, secret: bytes, cache_size: int = 4096):
+        self.params = params
+        self.hash = KeyedHash(secret, cache_size=cache_size)
+
+    # -- the keyed draw ----------------------------------------------------------------
+    def window(self, ids: Sequence[int], pos: int) -> tuple[int, ...]:
+        """The h ids before position ``pos`` (the tuple that seeds its green list)."""
+        return tuple(int(x) for x in ids[pos - self.params.context_width : pos])
+
+    def uniform(self, window: Sequence[int], token: int) -> float:
+        if self.params.self_seeding:
+            return self.hash.self_seeded_uniform(window, token)
+        return self.hash.uniform(window, token)
+
+    def uniform_row(self, window: Sequence[int], vocab_size: int) -> np.ndarray:
+        if self.params.self_seeding:
+            return self.hash.self_seeded_row(window, vocab_size)
+        return self.hash.uniform_row(window, vocab_size)
+
+    # -- detection side: what one distinct (window, token) contributes -----------------
+    def token_score(self, window: Sequence[int], token: int) -> float:
+        u = self.uniform(window, token)
+        if self.params.scheme == "kgw":
+            return 1.0 if u < self.params.gamma else 0.0
+        return float(-np.log1p(-u))
+
+    # -- generation side ---------------------------------------------------------------
+    def processor(self, temperature: float = 1.0, top_p: float = 1.0) -> LogitsProcessor:
+        """A per-request logits processor (numpy signature from engines/base.py).
+
+        Temperature and top-p are needed by the Gumbel scheme (it samples itself) and by the
+        entropy gate; the KGW bias is otherwise applied before the engine's own sampling.
+        """
+        if self.params.scheme == "gumbel":
+            return _GumbelProcessor(self, temperature, top_p)
+        return _GreenListProcessor(self, temperature)
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits.astype(np.float64) / max(temperature, 1e-6)
+    z -= np.max(z)
+    p = np.exp(z)
+    return p / p.sum()
+
+
+def _top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Zero all but the smallest set of most likely tokens whose mass reaches top_p."""
+    # the nucleus almost always sits in the top few hundred ids: sort those, not 49k
+    k = min(512, probs.shape[0])
+    cand = np.argpartition(-probs, k - 1)[:k] if k < probs.shape[0] else np.arange(k)
+    order = cand[np.argsort(-probs[cand], kind="stable")]
+    if probs[order].sum() < top_p:
+        order = np.argsort(-probs, kind="stable")
+    keep = np.cumsum(probs[order]) - probs[order] < top_p
+    out = np.zeros_like(probs)
+    out[order[keep]] = probs[order[keep]]
+    return out
+
+
+class _GreenListProcessor:
+    def __init__(self, wm: Watermark, temperature: float):
+        self.wm = wm
+        self.temperature = temperature if temperature > 0 else 1.0
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        p = self.wm.params
+        if len(input_ids) < p.context_width:
+            return logits
+        if p.entropy_threshold > 0:
+            probs = _softmax(logits, self.temperature)
+            nz = probs[probs > 0]
+            if float(-(nz * np.log(nz)).sum()) < p.entropy_threshold:
+                return logits
+        row = self.wm.uniform_row(input_ids[-p.context_width :], logits.shape[-1])
+        return np.where(row < p.gamma, logits + np.float32(p.delta), logits).astype(logits.dtype, copy=False)
+
+
+class _GumbelProcessor:
+    def __init__(self, wm: Watermark, temperature: float, top_p: float):
+        self.wm = wm
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        h = self.wm.params.context_width
+        if self.temperature <= 0:
+            choice = int(np.argmax(logits))  # greedy decoding leaves no randomness to key
+        elif len(input_ids) < h:
+            return logits
+        else:
+            probs = _softmax(logits, self.temperature)
+            if self.top_p < 1.0:
+                probs = _top_p(probs, self.top_p)
+            u = self.wm.uniform_row(input_ids[-h:], logits.shape[-1])
+            with np.errstate(divide="ignore"):
+                # argmax u^(1/p) == argmax log(u)/p; p = 0 gives -inf, never chosen
+                choice = int(np.argmax(np.where(probs > 0, np.log(u) / probs, -np.inf)))
+        out = np.full_like(logits, -np.inf)
+        out[choice] = 0.0
+        return out
