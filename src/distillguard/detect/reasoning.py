@@ -2,8 +2,8 @@
 
 Distillers want the teacher's reasoning traces, so their prompts ask for step-by-step work, chains
 of thought, scratchpads or "your internal thinking". One regex misses paraphrases and fires on
-recipes ("step-by-step instructions to bake bread"), so this is a small classifier: word and
-character n-grams (hashed, no vocabulary to ship) and logistic regression, trained at first use on
+recipes ("step-by-step instructions to bake bread"), so this is a small classifier: words, word
+stems and stem n-grams (hashed, no vocabulary to ship) and logistic regression, trained at first use on
 a labelled set built here from elicitation phrasings and ordinary requests, including hard
 negatives that talk about steps or thinking without asking for the model's reasoning.
 Training takes well under a second and is deterministic.
@@ -12,12 +12,25 @@ Training takes well under a second and is deterministic.
 from __future__ import annotations
 
 import random
+import re
 from functools import lru_cache
 
 import numpy as np
 
 #: only the start and end of a prompt are scored: that is where instructions go, and it bounds cost
-EDGE_CHARS = 400
+EDGE_CHARS = 300
+_TOK = re.compile(r"[a-z]+|<\w+>|[?#:]")
+
+
+def analyze(text: str) -> list[str]:
+    """Words, 5-letter stems (so reason/reasoning/reasoned share a feature) and stem bigrams and
+    trigrams: the morphology that character n-grams would give, at a tenth of the cost."""
+    words = _TOK.findall(text.lower())
+    stems = [w[:5] for w in words]
+    feats = words + ["~" + s for s in stems]
+    feats += [a + " " + b for a, b in zip(stems, stems[1:])]
+    feats += [a + " " + b + " " + c for a, b, c in zip(stems, stems[1:], stems[2:])]
+    return feats
 
 BASE_QUESTIONS = [
     "A farmer has 17 sheep and buys 5 more each week. How many sheep after 6 weeks?",
@@ -84,6 +97,22 @@ ELICIT_CORES = [
     "verbalize every step of your thinking", "document your reasoning process in full",
 ]
 
+# A small grammar of "verb + what to reveal" phrasings widens the positive class beyond the fixed
+# list above, so the classifier learns the vocabulary of the request rather than a few sentences.
+ELICIT_VERBS = ["show", "explain", "write out", "spell out", "lay out", "walk through", "detail", "present",
+                "include", "describe", "document", "justify", "give", "outline", "provide"]
+ELICIT_OBJECTS = ["your reasoning", "the reasoning", "your working", "the full derivation", "your thought process",
+                  "the logic", "each step", "every step", "the intermediate steps", "the rationale",
+                  "your chain of thought", "how you got the answer", "the solution path", "your thinking",
+                  "each calculation", "the steps of the solution"]
+ELICIT_TAILS = ["", " in detail", " before answering", " one step at a time", " as you go", " in full",
+                " first", " behind the answer"]
+
+
+def grammar_cores(rng: random.Random, k: int) -> list[str]:
+    return [f"{rng.choice(ELICIT_VERBS)} {rng.choice(ELICIT_OBJECTS)}{rng.choice(ELICIT_TAILS)}" for _ in range(k)]
+
+
 OPENERS = ["", "Please ", "Before answering, ", "First, ", "Carefully ", "Make sure to ", "Important: ",
            "Instructions: ", "Q: "]
 CLOSERS = ["", ", then give the final answer.", " before giving your answer.", ". Put the final answer last.",
@@ -127,18 +156,18 @@ HARD_NEGATIVES = [
 def build_training_set(seed: int = 0, cores: list[str] | None = None) -> tuple[list[str], list[int]]:
     """The labelled set: (text, 1) for elicitation prompts, (text, 0) for ordinary ones."""
     rng = random.Random(seed)
-    cores = cores if cores is not None else ELICIT_CORES
+    cores = cores if cores is not None else ELICIT_CORES + grammar_cores(rng, 120)
     texts: list[str] = []
     labels: list[int] = []
     for core in cores:
-        for _ in range(12):
+        for _ in range(6):
             q = rng.choice(BASE_QUESTIONS)
             phrase = rng.choice(OPENERS) + core + rng.choice(CLOSERS)
             phrase = phrase[0].upper() + phrase[1:]
             texts.append(f"{phrase}\n{q}" if rng.random() < 0.4 else f"{q} {phrase}")
             labels.append(1)
     for q in BASE_QUESTIONS + HARD_NEGATIVES:
-        for suffix in rng.sample(NEUTRAL_SUFFIXES, 6):
+        for suffix in rng.sample(NEUTRAL_SUFFIXES, 8):
             texts.append(f"{q} {suffix}".strip())
             labels.append(0)
     for h in HARD_NEGATIVES:
@@ -158,22 +187,16 @@ class ReasoningScorer:
     """P(prompt asks for written-out reasoning), from a hashed n-gram logistic regression."""
 
     def __init__(self, seed: int = 0, cores: list[str] | None = None) -> None:
-        from scipy.sparse import hstack
         from sklearn.feature_extraction.text import HashingVectorizer
         from sklearn.linear_model import LogisticRegression
 
-        self._hstack = hstack
-        self.word = HashingVectorizer(n_features=2**18, ngram_range=(1, 3), alternate_sign=False,
-                                      token_pattern=r"(?u)\b\w+\b|<\w+>", norm="l2")
-        self.char = HashingVectorizer(n_features=2**18, analyzer="char_wb", ngram_range=(3, 5),
-                                      alternate_sign=False, norm="l2")
+        self.vec = HashingVectorizer(n_features=2**18, analyzer=analyze, alternate_sign=False, norm="l2")
         texts, labels = build_training_set(seed, cores)
         self.clf = LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced")
         self.clf.fit(self._features(texts), np.asarray(labels))
 
     def _features(self, texts: list[str]):
-        t = [_edges(x) for x in texts]
-        return self._hstack([self.word.transform(t), self.char.transform(t)]).tocsr()
+        return self.vec.transform([_edges(x) for x in texts])
 
     def score(self, texts: list[str]) -> np.ndarray:
         if not texts:

@@ -76,7 +76,7 @@ class MinHasher:
             (int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little") for s in items),
             dtype=np.uint64, count=len(items),
         )
-        # (a*h + b) mod p, wrapping at 2^64 exactly as datasketch's numpy path does
+        # (a*h + b) mod p, wrapping at 2^64: datasketch's "legacy" scheme, so the LSH index takes these values
         ph = (np.outer(hv, self.a) + self.b) % _MERSENNE & _MAX32
         return ph.min(axis=0)
 
@@ -180,7 +180,7 @@ class TemplateIndex:
         """Insert an account's template; return its key and the other accounts that use it."""
         from datasketch import LeanMinHash, MinHash
 
-        mh = LeanMinHash(MinHash(num_perm=self.num_perm, hashvalues=sig.astype(np.uint64)))
+        mh = LeanMinHash(MinHash(num_perm=self.num_perm, hashvalues=sig.astype(np.uint64), scheme="legacy"))
         others = {k.split("\x00", 1)[0] for k in self.lsh.query(mh)}
         key = f"{account}\x00{self._n}"
         self._n += 1

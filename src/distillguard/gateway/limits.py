@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,9 +63,11 @@ class Limiter:
         from limits.storage import storage_from_string
 
         url = storage_url
+        options: dict[str, Any] = {}
         if url.startswith(("redis://", "rediss://", "redis+", "unix://")):
             url = "async+" + url  # never block the event loop on a network round trip
-        self.storage: Any = storage_from_string(url)
+            options["implementation"] = "redispy"  # redis-py is a dependency already; coredis is not
+        self.storage: Any = storage_from_string(url, **options)
         if not hasattr(self.storage, "acquire_sliding_window_entry"):
             raise ValueError(f"limits storage {storage_url!r} does not support sliding windows; use memory:// or redis://")
         self.is_async = url.startswith("async+")
@@ -98,26 +101,44 @@ class Limiter:
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Give back the reserved tokens that were not used (all of them when used_tokens is 0)."""
+        pending = self.settle_nowait(reservation, used_tokens)
+        if pending is not None:
+            await pending
+
+    def settle_nowait(self, reservation: Reservation, used_tokens: int) -> Coroutine[Any, Any, None] | None:
+        """Settle now if the storage is in-process (no await: safe inside a cancelled scope);
+        for a network storage return the coroutine that does it, for the caller to schedule."""
         if reservation.settled:
-            return
+            return None
         reservation.settled = True
-        unused = reservation.tokens - used_tokens
+        unused = min(reservation.tokens - used_tokens, reservation.tokens)
         if unused <= 0:
-            return
+            return None
+        if self.is_async:
+            return self._refund_all(reservation.counters, unused, reservation.at)
         for key, _ in reservation.counters:
-            await self._refund(key, unused, reservation.at)
+            self._refund_sync(key, unused, reservation.at)
+        return None
+
+    async def _refund_all(self, counters: list[tuple[str, int]], amount: int, at: float) -> None:
+        for key, _ in counters:
+            await self._refund(key, amount, at)
 
     async def _refund(self, key: str, amount: int, at: float) -> None:
         if amount <= 0:
             return
-        if self.is_async:  # Redis: the current window, never below zero
-            current = self.storage._current_window_key(key)
-            left = await self.storage.incr(current, 2 * WINDOW_S, -amount)
-            if left < 0:
-                await self.storage.incr(current, 2 * WINDOW_S, -left)
-        else:
-            _, current = self.storage.sliding_window_keys(key, WINDOW_S, at)
-            self.storage.decr(current, amount)
+        if not self.is_async:
+            self._refund_sync(key, amount, at)
+            return
+        # Redis: the current window, never below zero
+        current = self.storage._current_window_key(key)
+        left = await self.storage.incr(current, 2 * WINDOW_S, -amount)
+        if left < 0:
+            await self.storage.incr(current, 2 * WINDOW_S, -left)
+
+    def _refund_sync(self, key: str, amount: int, at: float) -> None:
+        _, current = self.storage.sliding_window_keys(key, WINDOW_S, at)
+        self.storage.decr(current, amount)
 
     async def _retry_after(self, key: str, limit: int, cost: int) -> float:
         prev, prev_ttl, cur, cur_ttl = await _maybe(self.storage.get_sliding_window(key, WINDOW_S))

@@ -121,7 +121,16 @@ class RedisBus(EventBus):
         #: where a new consumer group starts: "$" (only new events) or "0" (everything kept)
         self.start = start
         self._redis_mod = redis
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=2.0, health_check_interval=30)
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        # few, short client retries: the publisher thread has its own backoff loop
+        self.client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=2.0,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        )
         try:
             self.client.ping()
         except redis.RedisError as exc:

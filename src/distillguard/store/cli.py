@@ -174,7 +174,7 @@ def accounts_list(config: Path | None = typer.Option(None, "--config", help=CONF
 
 
 #: flags the detection area writes; shown in their own section by `accounts show`
-RISK_FLAGS = ("risk", "evidence", "cluster")
+RISK_FLAGS = ("risk", "risk_flagged", "evidence", "cluster")
 
 
 @accounts_app.command("show")
@@ -262,8 +262,9 @@ def events_export(
     except ValueError as exc:
         _fail(str(exc), 2)
     with _opened(config) as (_settings, store):
-        if account is not None:
-            _require_account(store, account)
+        # imported logs may name accounts that have no keys here: only fail when nothing matches
+        if account is not None and store.get_account(account) is None and store.count_events(account) == 0:
+            _fail(f"unknown account {account!r}: no such account and no events for it")
         try:
             fh = open(out, "w", encoding="utf-8") if out is not None else sys.stdout
         except OSError as exc:

@@ -123,14 +123,15 @@ class EventRow(Base):
     seq: Mapped[int] = mapped_column(_SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     ts: Mapped[float] = mapped_column(Double, index=True)
-    account: Mapped[str] = mapped_column(String(200))
-    key: Mapped[str | None] = mapped_column("key", String(64), nullable=True)
-    ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # no length limits: imported logs may carry anything, and one long value must not refuse a batch
+    account: Mapped[str] = mapped_column(String)
+    key: Mapped[str | None] = mapped_column("key", String, nullable=True)
+    ip: Mapped[str | None] = mapped_column(String, nullable=True)
     user_agent: Mapped[str | None] = mapped_column(Text, nullable=True)
-    endpoint: Mapped[str] = mapped_column(String(200))
+    endpoint: Mapped[str] = mapped_column(String)
     status: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float | None] = mapped_column(Double, nullable=True)
-    action: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    action: Mapped[str | None] = mapped_column(String, nullable=True)
     # the whole event as JSON text: portable, and Postgres' jsonb would refuse a \u0000 in a prompt
     event: Mapped[str] = mapped_column(Text)
 
@@ -164,6 +165,8 @@ class SqlStore(Store):
             self.engine = self._make_engine(parsed, echo)
         except (NoSuchModuleError, ImportError) as exc:
             raise StoreUnavailable(f"no database driver for {self.display_url}: {exc}") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create the database file for {self.display_url}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         with self._errors("create tables"):
             with self.engine.begin() as conn:
@@ -335,7 +338,11 @@ class SqlStore(Store):
         already stored is skipped, so retrying a batch (or re-importing a file) never duplicates."""
         if not events:
             return
-        rows = [_event_row(ev) for ev in events]
+        try:
+            rows = [_event_row(ev) for ev in events]
+        except (AttributeError, TypeError, ValueError) as exc:
+            # a malformed event (e.g. built with model_construct) fails the same way on every retry
+            raise StoreError(f"event cannot be stored: {type(exc).__name__}: {exc}") from exc
         try:
             with self._session("write events") as s:
                 s.execute(self._insert_ignoring_duplicates(), rows)
@@ -390,9 +397,15 @@ def _event_row(ev: ExchangeEvent) -> dict[str, Any]:
         "endpoint": ev.endpoint,
         "status": ev.status,
         "latency_ms": ev.latency_ms,
-        "action": ev.decision.action if ev.decision else None,
+        "action": _action(ev.decision),
         "event": orjson.dumps(ev.model_dump(mode="json", exclude_none=True)).decode(),
     }
+
+
+def _action(decision: Any) -> str | None:
+    if decision is None:
+        return None
+    return decision.get("action") if isinstance(decision, dict) else decision.action
 
 
 def _check_name(what: str, value: str) -> None:

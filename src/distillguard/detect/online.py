@@ -1,0 +1,384 @@
+"""The online detector: one pass over the event stream, bounded state per account.
+
+For each batch of events (in arrival order):
+
+1. per-event derived data that is cheap to batch: reasoning-elicitation probabilities (one
+   classifier call) and prompt embeddings for the events chosen for embedding (one cached MiniLM
+   call; every prompt of an account's first ``embed_full_first``, then one in ``embed_every``);
+2. then, event by event, update the account's sketches (behaviour counters, template slots, topic
+   sums, link attributes) and score the account with what it has sent *so far*;
+3. every ``link_every_events`` events, relink accounts, recompute clusters and give each member
+   the risk of its cluster taken as one actor (a hydra's members are each too small to score).
+
+An account's ``score`` is the highest risk it reached (the risk that decides ``flagged``), and
+``flagged_at`` is the ``ts`` of the event at which it first reached the threshold. Nothing reads
+the wall clock or later events, so a replay gives honest ``flagged_at`` and
+``requests_before_flag``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillguard.detect.config import DetectConfig
+from distillguard.detect.coordination import LinkState, Linker
+from distillguard.detect.embed import Embedder
+from distillguard.detect.features import BehaviourState
+from distillguard.detect.reasoning import ReasoningScorer, default_scorer
+from distillguard.detect.reference import builtin_reference_prompts, load_calibration
+from distillguard.detect.risk import Signal, combine
+from distillguard.detect.templates import MinHasher, TemplateIndex, TemplateTracker, shingles, short_hash, system_prompt, user_text
+from distillguard.detect.topics import ReferenceModel, TopicState, topic_signals
+from distillguard.events import ExchangeEvent
+
+log = logging.getLogger(__name__)
+
+MAX_TEMPLATE_INSERTS = 32
+TEMPLATE_ESTABLISHED = 3
+
+
+@dataclass
+class AccountState:
+    name: str
+    behaviour: BehaviourState = field(default_factory=BehaviourState)
+    templates: TemplateTracker = field(default_factory=TemplateTracker)
+    topics: TopicState = field(default_factory=TopicState)
+    links: LinkState = field(default_factory=LinkState)
+    template_inserts: int = 0
+    score: float = 0.0
+    own_risk: float = 0.0
+    cluster_risk: float = 0.0
+    evidence: list[Signal] = field(default_factory=list)
+    flagged_at: float | None = None
+    requests_before_flag: int | None = None
+    last_ts: float = 0.0
+
+
+class OnlineDetector:
+    """Incremental distillation detector. ``embedder=None`` turns the embedding stage (topic and
+    centroid signals) off, for fast tests; the product passes ``MiniLMEmbedder``."""
+
+    def __init__(self, config: DetectConfig | None = None, *, embedder: Embedder | None = None,
+                 threshold: float | None = None, reference_prompts: list[str] | None = None,
+                 reasoning: ReasoningScorer | None = None) -> None:
+        self.config = cfg = config or DetectConfig()
+        self.embedder = embedder
+        calibration: dict[str, Any] = {}
+        if cfg.threshold_file is not None:
+            calibration = load_calibration(cfg.threshold_file)
+        if threshold is not None:
+            self.threshold = float(threshold)
+        elif calibration:
+            self.threshold = float(calibration["threshold"])
+        else:
+            self.threshold = cfg.default_threshold
+        self.calibrated = threshold is not None or bool(calibration)
+        if calibration and embedder is not None and calibration.get("embedder") not in (None, embedder.name):
+            raise ValueError(f"threshold file was calibrated with embedder {calibration.get('embedder')!r} but "
+                             f"this detector embeds with {embedder.name!r}; re-run `distillguard detect calibrate`")
+        self.reasoning = reasoning or default_scorer()
+        self.minhash = MinHasher(num_perm=64, seed=cfg.seed)
+        self.template_index = TemplateIndex(num_perm=64)
+        self.linker = Linker(max_shared=cfg.link_max_shared, min_weight=cfg.link_min_weight,
+                             min_requests=cfg.link_min_requests)
+        self.accounts: dict[str, AccountState] = {}
+        self.events_seen = 0
+        self.clock = 0.0
+        self.ref: ReferenceModel | None = None
+        self.reference_prompts = reference_prompts or calibration.get("reference_prompts") or builtin_reference_prompts()
+        if embedder is not None:
+            emb = embedder.embed(list(self.reference_prompts))
+            self.ref = ReferenceModel(emb, n_features=cfg.mmd_features, bandwidth=cfg.mmd_bandwidth, seed=cfg.seed)
+
+    # ------------------------------------------------------------------ ingestion
+    def process(self, event: ExchangeEvent) -> None:
+        self.process_batch([event])
+
+    def process_batch(self, events: list[ExchangeEvent]) -> set[str]:
+        """Score a batch in order; returns the accounts whose state changed."""
+        if not events:
+            return set()
+        cfg = self.config
+        texts = [user_text(ev.request) for ev in events]
+        reasoning_p = self.reasoning.score(texts)
+        vectors: dict[int, np.ndarray] = {}
+        phis: dict[int, np.ndarray] = {}
+        if self.embedder is not None and self.ref is not None:
+            pick: list[int] = []
+            seen: dict[str, int] = {}
+            for i, ev in enumerate(events):
+                st = self.accounts.get(ev.account)
+                k = (st.behaviour.n if st else 0) + seen.get(ev.account, 0)
+                seen[ev.account] = seen.get(ev.account, 0) + 1
+                if texts[i].strip() and (k < cfg.embed_full_first or k % cfg.embed_every == 0):
+                    pick.append(i)
+            if pick:
+                emb = self.embedder.embed([texts[i] for i in pick])
+                phi = self.ref.features(emb)
+                for j, i in enumerate(pick):
+                    vectors[i] = emb[j]
+                    phis[i] = phi[j]
+        changed: set[str] = set()
+        for i, ev in enumerate(events):
+            self._update(ev, texts[i], float(reasoning_p[i]), vectors.get(i), phis.get(i))
+            changed.add(ev.account)
+            self.events_seen += 1
+            if self.events_seen % cfg.link_every_events == 0:
+                changed |= self.relink()
+        return changed
+
+    def _update(self, ev: ExchangeEvent, text: str, rp: float, vec: np.ndarray | None, phi: np.ndarray | None) -> None:
+        cfg = self.config
+        st = self.accounts.get(ev.account)
+        if st is None:
+            st = self.accounts[ev.account] = AccountState(ev.account, templates=TemplateTracker(slots=cfg.template_slots))
+            st.links.bucket_cap = cfg.time_buckets_kept
+        self.clock = max(self.clock, ev.ts)
+        st.last_ts = ev.ts
+        sp = system_prompt(ev.request)
+        sp_hash = short_hash(sp) if sp else None
+        resp = ev.response
+        st.behaviour.update(ev.ts, ev.request, resp.completion_tokens if resp else 0,
+                            resp.prompt_tokens if resp else 0, sp_hash, rp, text, cfg.max_tokens_maximal)
+        slot = st.templates.add(self.minhash.signature(shingles(text)), text)
+        if (slot.count >= TEMPLATE_ESTABLISHED and slot.global_key is None
+                and st.template_inserts < MAX_TEMPLATE_INSERTS):
+            slot.global_key, others = self.template_index.add_and_query(ev.account, slot.sig)
+            st.template_inserts += 1
+            self.linker.observe_template(ev.account, others, slot.example)
+        links = st.links
+        if ev.ip and ev.ip not in links.ips and len(links.ips) < 16:
+            self.linker.observe(ev.account, "ip", ev.ip)
+        if ev.ip:
+            links.ips[ev.ip] += 1
+        if ev.user_agent and ev.user_agent not in links.uas and len(links.uas) < 8:
+            self.linker.observe(ev.account, "user_agent", ev.user_agent)
+        if ev.user_agent:
+            links.uas[ev.user_agent] += 1
+        if sp_hash and st.behaviour.system.get(sp_hash) == 1:
+            self.linker.observe(ev.account, "system_prompt", sp_hash)
+        links.add_bucket(int(ev.ts // cfg.lockstep_bucket_s))
+        links.add_prompt_hash(int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"))
+        if vec is not None and phi is not None:
+            st.topics.add(vec, phi)
+        own, ordered = self._score(st)
+        st.own_risk = own
+        self._raise(st, max(own, st.cluster_risk), ordered if own >= st.cluster_risk else None, ev.ts)
+
+    def _raise(self, st: AccountState, risk: float, evidence: list[Signal] | None, ts: float) -> None:
+        if risk > st.score:
+            st.score = risk
+            if evidence is not None:
+                st.evidence = evidence
+        if st.flagged_at is None and risk >= self.threshold:
+            st.flagged_at = ts
+            st.requests_before_flag = st.behaviour.n
+
+    # ------------------------------------------------------------------ scoring
+    def signals(self, st: AccountState, topics: TopicState | None = None) -> list[Signal]:
+        b = st.behaviour
+        out = []
+        for name, fn in (("reasoning_elicitation", b.reasoning), ("harvesting", b.harvesting),
+                         ("volume", b.volume), ("time_regularity", b.time_regularity),
+                         ("param_uniformity", b.param_uniformity), ("single_turn", b.single_turn_share),
+                         ("fixed_system_prompt", b.fixed_system_prompt)):
+            v, d = fn()
+            out.append(Signal(name, v, d))
+        top = st.templates.top()
+        reuse = st.templates.reuse_rate()
+        if top is not None:
+            out.append(Signal("template_reuse", reuse,
+                              f"{reuse:.0%} of prompts reuse an earlier skeleton; top one in {top.count:,} of {b.n:,} requests, "
+                              f'e.g. "{top.example[:120]}"'))
+        t = topics if topics is not None else st.topics
+        if self.ref is not None and t.m >= 2:
+            ts = topic_signals(t, self.ref)
+            out.append(Signal("topic_concentration", ts.concentration,
+                              f"prompt embeddings' mean cosine {ts.raw_concentration:.2f} vs {self.ref.concentration:.2f} in benign reference ({t.m} embedded)"))
+            out.append(Signal("topic_sweep", ts.sweep,
+                              f"{t.novel} distinct prompts in one area, {t.novelty_rate():.0%} new each time (systematic coverage)"))
+            out.append(Signal("mmd_distance", ts.mmd,
+                              f"MMD^2 to benign reference {ts.raw_mmd2:.3f} (z = {ts.mmd_z:.1f} over the {t.m}-sample noise floor)"))
+        return out
+
+    def _score(self, st: AccountState) -> tuple[float, list[Signal]]:
+        sig = self.signals(st)
+        return combine(sig, self.config.weights, st.behaviour.n, self.config.shrinkage_requests)
+
+    # ------------------------------------------------------------------ coordination
+    def relink(self) -> set[str]:
+        """Recompute account links and clusters now (at the current event); give members their
+        cluster's risk. Returns accounts whose risk or cluster changed."""
+        centroids: dict[str, np.ndarray] = {}
+        counts = {a: st.behaviour.n for a, st in self.accounts.items()}
+        if self.ref is not None:
+            for a, st in self.accounts.items():
+                c = st.topics.centroid()
+                if c is not None and st.topics.m >= self.config.link_min_requests:
+                    centroids[a] = c - self.ref.mean_unit
+        before = dict(self.linker.account_cluster)
+        clusters = self.linker.recompute(self.accounts, centroids, counts, {a: s.links for a, s in self.accounts.items()})
+        changed = {a for a in set(before) | set(self.linker.account_cluster)
+                   if before.get(a) != self.linker.account_cluster.get(a)}
+        for cid, members in clusters.items():
+            risk, evidence = self._cluster_risk(cid, members)
+            for a in members:
+                st = self.accounts[a]
+                st.cluster_risk = risk
+                if risk > st.score:
+                    changed.add(a)
+                self._raise(st, risk, evidence if risk > st.score else None, self.clock)
+        return changed
+
+    def _cluster_risk(self, cid: str, members: list[str]) -> tuple[float, list[Signal]]:
+        """Score the cluster as one actor: request-weighted member signals, pooled topic sums and
+        volume, plus the coordination evidence itself."""
+        states = [self.accounts[a] for a in members]
+        n = sum(s.behaviour.n for s in states)
+        pooled = TopicState()
+        for s in states:
+            pooled = pooled.merged(s.topics)
+        sums: dict[str, float] = {}
+        details: dict[str, str] = {}
+        for s in states:
+            for sig in self.signals(s):
+                if sig.name in ("topic_concentration", "topic_sweep", "mmd_distance", "volume"):
+                    continue
+                sums[sig.name] = sums.get(sig.name, 0.0) + sig.value * s.behaviour.n
+                details.setdefault(sig.name, sig.detail)
+        out = [Signal(k, v / max(1, n), f"cluster-wide ({len(members)} accounts): {details[k]}") for k, v in sums.items()]
+        total_days = len(set().union(*(s.behaviour.days for s in states)))
+        out.append(Signal("volume", min(1.0, np.log1p(n) / np.log1p(5000)),
+                          f"{n:,} requests across {len(members)} linked accounts on {total_days} day(s)"))
+        if self.ref is not None and pooled.m >= 2:
+            ts = topic_signals(pooled, self.ref)
+            out.append(Signal("topic_concentration", ts.concentration, f"pooled prompt embeddings' mean cosine {ts.raw_concentration:.2f}"))
+            out.append(Signal("topic_sweep", ts.sweep, f"{pooled.novel} distinct prompts across members, {pooled.novelty_rate():.0%} new"))
+            out.append(Signal("mmd_distance", ts.mmd, f"pooled MMD^2 to benign reference {ts.raw_mmd2:.3f} (z = {ts.mmd_z:.1f})"))
+        value, detail = self.linker.describe(cid)
+        out.append(Signal("coordination", value, detail))
+        return combine(out, self.config.weights, n, self.config.shrinkage_requests)
+
+    # ------------------------------------------------------------------ results
+    def finish(self) -> None:
+        """Final relink at the end of a replay (at the last event's time)."""
+        if self.accounts:
+            self.relink()
+
+    def verdict(self, account: str) -> dict[str, Any]:
+        st = self.accounts.get(account)
+        if st is None:
+            raise KeyError(f"account {account!r} has no events")
+        evidence = [s.as_evidence() for s in st.evidence if s.value >= 0.05][:8]
+        return {
+            "account": account,
+            "score": round(float(st.score), 6),
+            "flagged": st.flagged_at is not None,
+            "flagged_at": st.flagged_at,
+            "requests_before_flag": st.requests_before_flag,
+            "requests": st.behaviour.n,
+            "cluster": self.linker.account_cluster.get(account),
+            "evidence": evidence,
+        }
+
+    def verdicts(self) -> list[dict[str, Any]]:
+        return [self.verdict(a) for a in sorted(self.accounts)]
+
+    def clusters(self) -> dict[str, list[str]]:
+        return dict(self.linker.clusters)
+
+
+def build_detector(config: DetectConfig | None = None, *, threshold: float | None = None,
+                   threshold_file: Path | None = None, embedder: Embedder | None | str = "minilm") -> OnlineDetector:
+    """The product detector: MiniLM embeddings unless the config turns embeddings off."""
+    cfg = (config or DetectConfig()).model_copy()
+    if threshold_file is not None:
+        cfg.threshold_file = threshold_file
+    if embedder == "minilm":
+        if cfg.embeddings:
+            from distillguard.detect.embed import MiniLMEmbedder
+
+            embedder = MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size)
+        else:
+            embedder = None
+    return OnlineDetector(cfg, embedder=embedder, threshold=threshold)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- live worker
+RiskCallback = Callable[[OnlineDetector, set[str]], None]
+
+
+class DetectionWorker(threading.Thread):
+    """Pulls event batches from the bus and feeds the detector, off the request path."""
+
+    def __init__(self, detector: OnlineDetector, subscription: Any, on_update: RiskCallback | None = None,
+                 batch: int = 256, timeout_s: float = 0.5) -> None:
+        super().__init__(name="distillguard-detect", daemon=True)
+        self.detector = detector
+        self.subscription = subscription
+        self.on_update = on_update
+        self.batch = batch
+        self.timeout_s = timeout_s
+        self._halt = threading.Event()
+        self.lock = threading.Lock()
+        self.processed = 0
+        self.errors = 0
+
+    def stop(self, join_timeout: float | None = 5.0) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(join_timeout)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                events = self.subscription.get_batch(self.batch, self.timeout_s)
+                if not events:
+                    continue
+                with self.lock:
+                    changed = self.detector.process_batch(events)
+                    self.processed += len(events)
+                if self.on_update is not None and changed:
+                    self.on_update(self.detector, changed)
+            except Exception:  # the worker must outlive one bad batch; the error is logged
+                self.errors += 1
+                log.exception("detection worker failed on a batch")
+
+
+def store_flags_callback(store: Any) -> RiskCallback:
+    """Push each changed account's risk, evidence and cluster into the store's account flags
+    (keys ``risk``, ``evidence``, ``cluster``, plus ``risk_flagged``); unknown accounts are skipped."""
+
+    def push(detector: OnlineDetector, changed: set[str]) -> None:
+        for name in sorted(changed):
+            acct = store.get_account(name)
+            if acct is None:
+                continue
+            v = detector.verdict(name)
+            flags = dict(acct.flags)
+            flags.update(risk=v["score"], evidence=v["evidence"], cluster=v["cluster"], risk_flagged=v["flagged"])
+            store.update_account(name, flags=flags)
+
+    return push
+
+
+def iter_batches(events: Iterable[ExchangeEvent], size: int) -> Iterable[list[ExchangeEvent]]:
+    batch: list[ExchangeEvent] = []
+    for ev in events:
+        batch.append(ev)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+__all__ = ["OnlineDetector", "DetectionWorker", "build_detector", "store_flags_callback"]

@@ -1,0 +1,167 @@
+"""The gateway application: ``create_app(settings, engine=None, store=None, bus=None)``.
+
+Whatever is not passed in is built at start-up (lifespan) from the settings: the engine
+(``build_engine``), the store (``open_store``), the event bus (``build_bus``). The event writer
+and the rate limiter are always the app's own. On shutdown (after uvicorn has finished in-flight
+requests) the writer is flushed, then what the app built is closed.
+
+State on ``app.state``: ``settings``, ``engine``, ``store``, ``writer``, ``bus``, ``keys`` (the
+key cache), ``limiter``, ``metrics``, ``policy`` (see policy.py; replace it to change decisions
+live), ``gateway`` (the route handlers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from distillguard.config import Settings, load_settings
+from distillguard.engines.base import Engine
+from distillguard.gateway.admin import router as admin_router
+from distillguard.gateway.auth import KeyCache
+from distillguard.gateway.errors import APIError
+from distillguard.gateway.limits import Limiter
+from distillguard.gateway.metrics import Metrics
+from distillguard.gateway.middleware import GatewayMiddleware
+from distillguard.gateway.openai_routes import CHAT, COMPLETIONS, Gateway
+from distillguard.gateway.policy import AllowAll
+from distillguard.store.base import EventBus, Store
+
+log = logging.getLogger("distillguard.gateway")
+
+
+def create_app(
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+    store: Store | None = None,
+    bus: EventBus | None = None,
+    *,
+    policy: Any = None,
+    key_cache_ttl_s: float = 2.0,
+    close_given: bool = False,
+) -> FastAPI:
+    """``close_given``: also close the engine/store/bus passed in when the app shuts down
+    (``serve`` builds them up front so that start-up errors are one clear line)."""
+    settings = settings if settings is not None else load_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from distillguard.store import EventWriter, build_bus, open_store
+
+        owned: list[Any] = [x for x in (engine, store, bus) if x is not None] if close_given else []
+        eng = engine
+        if eng is None:
+            from distillguard.engines.factory import build_engine
+
+            eng = await run_in_threadpool(build_engine, settings.engine)
+            owned.append(eng)
+        st = store
+        if st is None:
+            st = await run_in_threadpool(open_store, settings.store.url)
+            owned.append(st)
+        b = bus
+        if b is None:
+            b = build_bus(settings.store.bus_url)
+            owned.append(b)
+        limiter = Limiter(settings.limits.storage_url)
+        await limiter.check()
+        writer = EventWriter(st, settings.store.batch_size, settings.store.flush_interval_s)
+        metrics.watch_writer(writer)
+        keys = KeyCache(st, ttl_s=key_cache_ttl_s)
+        s = app.state
+        s.engine, s.store, s.bus, s.writer, s.keys, s.limiter = eng, st, b, writer, keys, limiter
+        s.gateway = Gateway(settings, eng, keys, limiter, writer, b, metrics, s)
+        log.info("serving model %r on %s", eng.model_name, type(eng).__name__)
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and finished in-flight requests (or the grace ran
+            # out); every event they produced is in the writer's queue: write it all
+            left = writer.close(timeout=settings.server.shutdown_grace_s)
+            if left:
+                log.error("%d exchange events could not be written before shutdown", left)
+            limiter.close()
+            for thing in (b, st):
+                if thing in owned:
+                    thing.close()
+            if eng in owned:
+                await eng.aclose()
+
+    app = FastAPI(title="DistillGuard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.policy = policy if policy is not None else AllowAll()
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.server.max_body_bytes, metrics=metrics)
+
+    # The serving routes take the raw request: parsing and validation happen in Gateway.handle,
+    # so errors come out in OpenAI's shape and FastAPI's per-route body machinery is skipped.
+    async def chat_completions(request: Request) -> Response:
+        return await request.app.state.gateway.handle(request, CHAT)
+
+    async def completions(request: Request) -> Response:
+        return await request.app.state.gateway.handle(request, COMPLETIONS)
+
+    async def list_models(request: Request) -> Response:
+        return await request.app.state.gateway.models(request)
+
+    async def get_model(request: Request) -> Response:
+        return await request.app.state.gateway.model(request)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    async def health(request: Request) -> Response:
+        eng = getattr(request.app.state, "engine", None)
+        return Response(orjson.dumps({"status": "ok", "model": eng.model_name if eng else None}), media_type="application/json")
+
+    app.add_api_route(CHAT, chat_completions, methods=["POST"], summary="Chat completion (OpenAI-compatible)")
+    app.add_api_route(COMPLETIONS, completions, methods=["POST"], summary="Text completion (OpenAI-compatible)")
+    app.add_api_route("/v1/models", list_models, methods=["GET"], summary="List models")
+    app.add_api_route("/v1/models/{model}", get_model, methods=["GET"], summary="Retrieve a model")
+    app.add_api_route("/metrics", prometheus, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
+    app.include_router(admin_router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        return exc.response()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            msg = f"Unknown URL: {request.method} {request.url.path}."
+        elif exc.status_code == 405:
+            msg = f"Method {request.method} is not allowed on {request.url.path}."
+        else:
+            msg = str(exc.detail)
+        return APIError(exc.status_code, msg, code="not_found" if exc.status_code == 404 else None).response()
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        return APIError(400, f"invalid value for {param!r}: {err.get('msg')}" if param else str(err.get("msg")), param=param).response()
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return APIError(500, f"Internal server error ({type(exc).__name__}).").response()
+
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
