@@ -69,3 +69,16 @@ def store(settings: Settings) -> Iterator[Any]:
     st = open_store(settings.store.url)
     yield st
     st.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tiny random Llama with SmolLM2's tokenizer, behind the real HF engine, served as
+    "smollm2" (built once per session; a few seconds)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from distillguard.engines.hf import HFEngine
+    from distillguard.engines.tiny import make_tiny_model
+
+    return HFEngine(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny"), model_name="smollm2")

@@ -85,7 +85,7 @@ def test_rpm_429_with_retry_after_and_metrics(tmp_path: Any) -> None:
         with pytest.raises(openai.RateLimitError) as exc:
             client.chat.completions.create(**CHAT, max_tokens=2)
         retry_after = int(exc.value.response.headers["Retry-After"])
-        assert 1 <= retry_after <= 60
+        assert 1 <= retry_after <= 120  # sliding window: the current window ends, then decays
         assert "2 requests per minute per key" in exc.value.message
         metrics = httpx.get(url + "/metrics").text
         assert 'distillguard_limit_rejections_total{kind="key_rpm"} 1.0' in metrics

@@ -11,7 +11,8 @@ thresholds. The accounts still give themselves away by what they share:
 * the clock: activity in the same 10-minute buckets (lock-step).
 
 Each shared thing adds weight to the pair; a pair is linked when the weight reaches
-``link_min_weight`` (no single kind of evidence is enough on its own). Attributes shared by more
+``link_min_weight`` and the evidence comes from at least two of infrastructure, content and timing
+(no single kind of evidence is enough on its own). Attributes shared by more
 than ``link_max_shared`` accounts are common (a cloud NAT, the default SDK user agent) and link
 nobody. Clusters are the connected components of the linked graph (union-find).
 """
@@ -33,6 +34,10 @@ WEIGHTS = {
     "lockstep": 0.8,
     "split_source": 0.3,
 }
+#: independent kinds of evidence; a link needs two of them (two companies that run the same
+#: open-source prompt share content but not infrastructure or clock)
+FAMILY = {"ip": "infrastructure", "user_agent": "infrastructure", "system_prompt": "content", "template": "content",
+          "centroid": "content", "split_source": "content", "lockstep": "timing"}
 CENTROID_COS = 0.8
 LOCKSTEP_JACCARD = 0.3
 BOTTOM_K = 64
@@ -164,7 +169,7 @@ class Linker:
         parent: dict[str, str] = {}
         self.pair_evidence = {}
         for (a, b), kinds in w.items():
-            if sum(kinds.values()) < self.min_weight:
+            if sum(kinds.values()) < self.min_weight or len({FAMILY[k] for k in kinds}) < 2:
                 continue
             if counts.get(a, 0) < 2 or counts.get(b, 0) < 2:
                 continue
@@ -187,6 +192,10 @@ class Linker:
                 self.account_cluster[a] = cid
         return self.clusters
 
+    def strength(self, cid: str) -> float:
+        size = len(self.clusters.get(cid, []))
+        return min(1.0, (size - 1) / 9) if size > 1 else 0.0
+
     def describe(self, cid: str) -> tuple[float, str]:
         """Coordination strength in [0, 1] and a sentence naming what the members share."""
         members = self.clusters.get(cid, [])
@@ -195,7 +204,7 @@ class Linker:
             if self.account_cluster.get(a) == cid:
                 kinds.update(ks.keys())
         size = len(members)
-        value = min(1.0, (size - 1) / 9) if size > 1 else 0.0
+        value = self.strength(cid)
         shared = ", ".join(f"{k.replace('_', ' ')} ({n} pairs)" for k, n in kinds.most_common())
         shown = ", ".join(members[:5]) + (" ..." if size > 5 else "")
         return value, f"linked with {size - 1} other account(s) [{shown}] by {shared}"

@@ -115,58 +115,72 @@ class BehaviourState:
             return 0.0
         return (self.last_ts - self.first_ts) / DAY
 
-    def volume(self) -> tuple[float, str]:
+    def volume(self, detail: bool = True) -> tuple[float, str]:
         active = max(1, len(self.days))
         per_day = self.n / active
         v = 0.5 * min(1.0, math.log1p(self.n) / math.log1p(5000)) + 0.5 * min(1.0, math.log1p(per_day) / math.log1p(3000))
+        if not detail:
+            return v, ""
         return v, f"{self.n:,} requests on {active} active day(s) ({per_day:,.0f}/day), {self.tokens:,} tokens"
 
-    def time_regularity(self) -> tuple[float, str]:
+    def time_regularity(self, detail: bool = True) -> tuple[float, str]:
         cv = self.cv()
         active_hours = sum(1 for h in self.hours if h > 0)
         # round-the-clock counts only once there are enough requests to fill the day by chance
         rtc = max(0.0, (active_hours - 16) / 8) if self.n >= 72 else 0.0
         reg = 0.0 if cv is None else min(1.0, max(0.0, (1.6 - cv) / 1.2))
         v = max(reg, rtc)
+        if not detail:
+            return v, ""
         cv_s = "n/a" if cv is None else f"{cv:.2f}"
         return v, f"inter-arrival CV {cv_s} (people are bursty, > 1.5), active in {active_hours}/24 hours of the day"
 
-    def param_uniformity(self) -> tuple[float, str]:
+    def param_uniformity(self, detail: bool = True) -> tuple[float, str]:
         if not self.n:
             return 0.0, ""
-        top, cnt = self.params.most_common(1)[0]
+        top, cnt = max(self.params.items(), key=lambda kv: kv[1])
         share = cnt / self.n
         explicit = self.explicit_params / self.n
+        if not detail:
+            return share * explicit, ""
         return share * explicit, f"{share:.0%} of requests use identical parameters (max_tokens={top[0]}, temperature={top[1]})"
 
-    def harvesting(self) -> tuple[float, str]:
+    def harvesting(self, detail: bool = True) -> tuple[float, str]:
         if not self.n:
             return 0.0, ""
         lp, mn, mx = self.logprobs / self.n, self.multi_n / self.n, self.maximal / self.n
         v = max(lp, mn, 0.8 * mx, min(1.0, 0.6 * lp + 0.6 * mn + 0.5 * mx))
-        detail = f"{lp:.0%} ask for logprobs, {mn:.0%} for n > 1, {mx:.0%} for maximal max_tokens"
+        if not detail:
+            return v, ""
+        text = f"{lp:.0%} ask for logprobs, {mn:.0%} for n > 1, {mx:.0%} for maximal max_tokens"
         if self.harvest_example:
-            detail += f"; e.g. {self.harvest_example}"
-        return v, detail
+            text += f"; e.g. {self.harvest_example}"
+        return v, text
 
-    def single_turn_share(self) -> tuple[float, str]:
+    def single_turn_share(self, detail: bool = True) -> tuple[float, str]:
         if self.n < 5:
             return 0.0, ""
         share = self.single_turn / self.n
+        if not detail:
+            return (share if self.followups == 0 else share * 0.5), ""
         return share if self.followups == 0 else share * 0.5, f"{share:.0%} single-turn requests, {self.followups} follow-ups"
 
-    def fixed_system_prompt(self) -> tuple[float, str]:
+    def fixed_system_prompt(self, detail: bool = True) -> tuple[float, str]:
         if not self.with_system:
             return 0.0, "no system prompt"
-        cnt = self.system.most_common(1)[0][1]
+        cnt = max(self.system.values())
         share = cnt / self.n
+        if not detail:
+            return share, ""
         return share, f"one system prompt in {cnt:,} of {self.n:,} requests"
 
-    def reasoning(self) -> tuple[float, str]:
+    def reasoning(self, detail: bool = True) -> tuple[float, str]:
         if not self.n:
             return 0.0, ""
         share = self.reasoning_hits / self.n
-        detail = f"{share:.0%} of prompts ask for written-out reasoning"
+        if not detail:
+            return share, ""
+        text = f"{share:.0%} of prompts ask for written-out reasoning"
         if self.reasoning_example:
-            detail += f'; e.g. "{self.reasoning_example}"'
-        return share, detail
+            text += f'; e.g. "{self.reasoning_example}"'
+        return share, text

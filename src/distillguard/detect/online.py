@@ -55,8 +55,9 @@ class AccountState:
     template_inserts: int = 0
     score: float = 0.0
     own_risk: float = 0.0
+    peak_own: float = 0.0
     cluster_risk: float = 0.0
-    evidence: list[Signal] = field(default_factory=list)
+    peak_cluster: float = 0.0
     flagged_at: float | None = None
     requests_before_flag: int | None = None
     last_ts: float = 0.0
@@ -169,48 +170,62 @@ class OnlineDetector:
         links.add_prompt_hash(int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"))
         if vec is not None and phi is not None:
             st.topics.add(vec, phi)
-        own, ordered = self._score(st)
+        own, _ = self._score(st)
         st.own_risk = own
-        self._raise(st, max(own, st.cluster_risk), ordered if own >= st.cluster_risk else None, ev.ts)
+        st.peak_own = max(st.peak_own, own)
+        self._raise(st, max(own, st.cluster_risk), ev.ts)
 
-    def _raise(self, st: AccountState, risk: float, evidence: list[Signal] | None, ts: float) -> None:
-        if risk > st.score:
-            st.score = risk
-            if evidence is not None:
-                st.evidence = evidence
+    def _raise(self, st: AccountState, risk: float, ts: float) -> None:
+        st.score = max(st.score, risk)
         if st.flagged_at is None and risk >= self.threshold:
             st.flagged_at = ts
             st.requests_before_flag = st.behaviour.n
 
     # ------------------------------------------------------------------ scoring
-    def signals(self, st: AccountState, topics: TopicState | None = None) -> list[Signal]:
+    def signals(self, st: AccountState, detail: bool = True) -> list[Signal]:
+        """The account's signals now; ``detail=False`` skips the reviewer sentences (hot path)."""
         b = st.behaviour
         out = []
         for name, fn in (("reasoning_elicitation", b.reasoning), ("harvesting", b.harvesting),
                          ("volume", b.volume), ("time_regularity", b.time_regularity),
                          ("param_uniformity", b.param_uniformity), ("single_turn", b.single_turn_share),
                          ("fixed_system_prompt", b.fixed_system_prompt)):
-            v, d = fn()
+            v, d = fn(detail)
             out.append(Signal(name, v, d))
-        top = st.templates.top()
         reuse = st.templates.reuse_rate()
-        if top is not None:
-            out.append(Signal("template_reuse", reuse,
-                              f"{reuse:.0%} of prompts reuse an earlier skeleton; top one in {top.count:,} of {b.n:,} requests, "
-                              f'e.g. "{top.example[:120]}"'))
-        t = topics if topics is not None else st.topics
-        if self.ref is not None and t.m >= 2:
-            ts = topic_signals(t, self.ref)
-            out.append(Signal("topic_concentration", ts.concentration,
-                              f"prompt embeddings' mean cosine {ts.raw_concentration:.2f} vs {self.ref.concentration:.2f} in benign reference ({t.m} embedded)"))
-            out.append(Signal("topic_sweep", ts.sweep,
-                              f"{t.novel} distinct prompts in one area, {t.novelty_rate():.0%} new each time (systematic coverage)"))
-            out.append(Signal("mmd_distance", ts.mmd,
-                              f"MMD^2 to benign reference {ts.raw_mmd2:.3f} (z = {ts.mmd_z:.1f} over the {t.m}-sample noise floor)"))
+        if st.templates.table:
+            d = ""
+            if detail:
+                top = st.templates.top()
+                d = (f"{reuse:.0%} of prompts reuse an earlier skeleton; top one in {top.count:,} of {b.n:,} requests, "
+                     f'e.g. "{top.example[:120]}"')
+            out.append(Signal("template_reuse", reuse, d))
+        out.extend(self._topic_signals(st.topics, detail))
         return out
 
-    def _score(self, st: AccountState) -> tuple[float, list[Signal]]:
-        sig = self.signals(st)
+    def _topic_signals(self, t: TopicState, detail: bool, pooled: bool = False) -> list[Signal]:
+        if self.ref is None or t.m < 2:
+            return []
+        if t.cache is None or t.cache[0] != t.m:
+            t.cache = (t.m, topic_signals(t, self.ref))
+        ts = t.cache[1]
+        if not detail:
+            return [Signal("topic_concentration", ts.concentration, ""), Signal("topic_sweep", ts.sweep, ""),
+                    Signal("mmd_distance", ts.mmd, "")]
+        who = "pooled over the cluster: " if pooled else ""
+        return [
+            Signal("topic_concentration", ts.concentration,
+                   f"{who}prompt embeddings' mean cosine {ts.raw_concentration:.2f} vs {self.ref.concentration:.2f} "
+                   f"in the benign reference ({t.m} prompts embedded)"),
+            Signal("topic_sweep", ts.sweep,
+                   f"{who}{t.novel} distinct prompts in one area, {t.novelty_rate():.0%} of them new (systematic coverage)"),
+            Signal("mmd_distance", ts.mmd,
+                   f"{who}MMD^2 to the benign reference {ts.raw_mmd2:.3f} (z = {ts.mmd_z:.1f} over the "
+                   f"{t.m}-sample noise floor)"),
+        ]
+
+    def _score(self, st: AccountState, detail: bool = False) -> tuple[float, list[Signal]]:
+        sig = self.signals(st, detail)
         return combine(sig, self.config.weights, st.behaviour.n, self.config.shrinkage_requests)
 
     # ------------------------------------------------------------------ coordination
@@ -228,17 +243,22 @@ class OnlineDetector:
         clusters = self.linker.recompute(self.accounts, centroids, counts, {a: s.links for a, s in self.accounts.items()})
         changed = {a for a in set(before) | set(self.linker.account_cluster)
                    if before.get(a) != self.linker.account_cluster.get(a)}
+        in_cluster = set(self.linker.account_cluster)
+        for a, st in self.accounts.items():
+            if a not in in_cluster:
+                st.cluster_risk = 0.0
         for cid, members in clusters.items():
-            risk, evidence = self._cluster_risk(cid, members)
+            risk, _ = self._cluster_risk(cid, members, detail=False)
             for a in members:
                 st = self.accounts[a]
                 st.cluster_risk = risk
+                st.peak_cluster = max(st.peak_cluster, risk)
                 if risk > st.score:
                     changed.add(a)
-                self._raise(st, risk, evidence if risk > st.score else None, self.clock)
+                self._raise(st, risk, self.clock)
         return changed
 
-    def _cluster_risk(self, cid: str, members: list[str]) -> tuple[float, list[Signal]]:
+    def _cluster_risk(self, cid: str, members: list[str], detail: bool = True) -> tuple[float, list[Signal]]:
         """Score the cluster as one actor: request-weighted member signals, pooled topic sums and
         volume, plus the coordination evidence itself."""
         states = [self.accounts[a] for a in members]
@@ -249,22 +269,19 @@ class OnlineDetector:
         sums: dict[str, float] = {}
         details: dict[str, str] = {}
         for s in states:
-            for sig in self.signals(s):
+            for sig in self.signals(s, detail):
                 if sig.name in ("topic_concentration", "topic_sweep", "mmd_distance", "volume"):
                     continue
                 sums[sig.name] = sums.get(sig.name, 0.0) + sig.value * s.behaviour.n
                 details.setdefault(sig.name, sig.detail)
-        out = [Signal(k, v / max(1, n), f"cluster-wide ({len(members)} accounts): {details[k]}") for k, v in sums.items()]
+        out = [Signal(k, v / max(1, n), f"cluster-wide ({len(members)} accounts, request-weighted {v / max(1, n):.0%}); "
+                      f"this member: {details[k]}" if detail else "") for k, v in sums.items()]
         total_days = len(set().union(*(s.behaviour.days for s in states)))
-        out.append(Signal("volume", min(1.0, np.log1p(n) / np.log1p(5000)),
-                          f"{n:,} requests across {len(members)} linked accounts on {total_days} day(s)"))
-        if self.ref is not None and pooled.m >= 2:
-            ts = topic_signals(pooled, self.ref)
-            out.append(Signal("topic_concentration", ts.concentration, f"pooled prompt embeddings' mean cosine {ts.raw_concentration:.2f}"))
-            out.append(Signal("topic_sweep", ts.sweep, f"{pooled.novel} distinct prompts across members, {pooled.novelty_rate():.0%} new"))
-            out.append(Signal("mmd_distance", ts.mmd, f"pooled MMD^2 to benign reference {ts.raw_mmd2:.3f} (z = {ts.mmd_z:.1f})"))
-        value, detail = self.linker.describe(cid)
-        out.append(Signal("coordination", value, detail))
+        out.append(Signal("volume", min(1.0, float(np.log1p(n) / np.log1p(5000))),
+                          f"{n:,} requests across {len(members)} linked accounts on {total_days} day(s)" if detail else ""))
+        out.extend(self._topic_signals(pooled, detail, pooled=True))
+        value, text = self.linker.describe(cid) if detail else (self.linker.strength(cid), "")
+        out.append(Signal("coordination", value, text))
         return combine(out, self.config.weights, n, self.config.shrinkage_requests)
 
     # ------------------------------------------------------------------ results
@@ -277,7 +294,17 @@ class OnlineDetector:
         st = self.accounts.get(account)
         if st is None:
             raise KeyError(f"account {account!r} has no events")
-        evidence = [s.as_evidence() for s in st.evidence if s.value >= 0.05][:8]
+        cid = self.linker.account_cluster.get(account)
+        # explain the score: the cluster's evidence when the cluster's risk is what raised it
+        if cid is not None and st.peak_cluster > st.peak_own:
+            _, signals = self._cluster_risk(cid, self.linker.clusters[cid])
+            signals = sorted(signals, key=lambda s: s.name != "coordination")
+        else:
+            _, signals = self._score(st, detail=True)
+            if cid is not None:
+                value, text = self.linker.describe(cid)
+                signals.append(Signal("coordination", value, text))
+        evidence = [s.as_evidence() for s in signals if s.value >= 0.05][:8]
         return {
             "account": account,
             "score": round(float(st.score), 6),
@@ -285,7 +312,7 @@ class OnlineDetector:
             "flagged_at": st.flagged_at,
             "requests_before_flag": st.requests_before_flag,
             "requests": st.behaviour.n,
-            "cluster": self.linker.account_cluster.get(account),
+            "cluster": cid,
             "evidence": evidence,
         }
 

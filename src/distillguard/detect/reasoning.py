@@ -100,13 +100,17 @@ ELICIT_CORES = [
 # A small grammar of "verb + what to reveal" phrasings widens the positive class beyond the fixed
 # list above, so the classifier learns the vocabulary of the request rather than a few sentences.
 ELICIT_VERBS = ["show", "explain", "write out", "spell out", "lay out", "walk through", "detail", "present",
-                "include", "describe", "document", "justify", "give", "outline", "provide"]
+                "include", "describe", "document", "justify", "give", "outline", "provide", "break down",
+                "trace", "work out", "go over", "reason out", "talk through", "expose", "display"]
 ELICIT_OBJECTS = ["your reasoning", "the reasoning", "your working", "the full derivation", "your thought process",
                   "the logic", "each step", "every step", "the intermediate steps", "the rationale",
                   "your chain of thought", "how you got the answer", "the solution path", "your thinking",
-                  "each calculation", "the steps of the solution"]
+                  "each calculation", "the steps of the solution", "your logic", "each inference", "the derivation",
+                  "your line of thought", "the worked solution", "the intermediate results", "the full argument",
+                  "why each step follows", "the method you used", "your scratch work"]
 ELICIT_TAILS = ["", " in detail", " before answering", " one step at a time", " as you go", " in full",
-                " first", " behind the answer"]
+                " first", " behind the answer", " without skipping anything", " thoroughly", " carefully",
+                " before the final answer"]
 
 
 def grammar_cores(rng: random.Random, k: int) -> list[str]:
@@ -153,26 +157,49 @@ HARD_NEGATIVES = [
 ]
 
 
+ORDINARY_INSTRUCTIONS = [
+    "Answer the question using only the context below.", "If the answer is not in the context, say you don't know.",
+    "Use the information provided.", "Respond in a friendly tone.", "Return the result as a JSON object.",
+    "Answer in English.", "Keep the answer short.", "Cite the source document.", "You are a helpful assistant.",
+    "Write three paragraphs.", "Use simple words.", "Make it rhyme.", "Include a title.", "Answer:",
+    "Question:", "Context:", "Here are some examples:", "Domain: finance.", "Difficulty: hard.",
+    "Rewrite the text below.", "Classify the following review.", "Summarize the article.", "Translate to French.",
+    "Complete the following function.", "Fix the bug in the code below.", "Write unit tests for this function.",
+    "Give a high-quality response.", "Come up with new examples.", "List five ideas.", "Thanks in advance!",
+]
+_SEGMENT = re.compile(r"(?<=[.!?])\s+|\n+")
+MAX_SEGMENTS = 8
+
+
+def segments(text: str) -> list[str]:
+    """Sentences and lines from the start and end of a prompt (where instructions go)."""
+    text = _edges(text)
+    parts = [p.strip()[:240] for p in _SEGMENT.split(text) if len(p.strip()) > 3]
+    if len(parts) > 2 * MAX_SEGMENTS:
+        parts = parts[:MAX_SEGMENTS] + parts[-MAX_SEGMENTS:]
+    return parts or [text[:240]]
+
+
 def build_training_set(seed: int = 0, cores: list[str] | None = None) -> tuple[list[str], list[int]]:
-    """The labelled set: (text, 1) for elicitation prompts, (text, 0) for ordinary ones."""
+    """The labelled set of *segments* (sentences): 1 asks for written-out reasoning, 0 does not."""
     rng = random.Random(seed)
-    cores = cores if cores is not None else ELICIT_CORES + grammar_cores(rng, 120)
+    cores = cores if cores is not None else ELICIT_CORES + grammar_cores(rng, 250)
     texts: list[str] = []
     labels: list[int] = []
     for core in cores:
-        for _ in range(6):
-            q = rng.choice(BASE_QUESTIONS)
+        for _ in range(4):
             phrase = rng.choice(OPENERS) + core + rng.choice(CLOSERS)
             phrase = phrase[0].upper() + phrase[1:]
-            texts.append(f"{phrase}\n{q}" if rng.random() < 0.4 else f"{q} {phrase}")
+            if rng.random() < 0.25:  # elicitation and question in one sentence
+                phrase = f"{phrase.rstrip('.')}: {rng.choice(BASE_QUESTIONS)}"
+            texts.append(phrase)
             labels.append(1)
-    for q in BASE_QUESTIONS + HARD_NEGATIVES:
-        for suffix in rng.sample(NEUTRAL_SUFFIXES, 8):
-            texts.append(f"{q} {suffix}".strip())
-            labels.append(0)
-    for h in HARD_NEGATIVES:
-        for q in rng.sample(BASE_QUESTIONS, 4):
-            texts.append(f"{h} Also: {q}")
+    negatives = BASE_QUESTIONS + HARD_NEGATIVES + [x for x in NEUTRAL_SUFFIXES if x] + ORDINARY_INSTRUCTIONS
+    for q in negatives:
+        texts.append(q)
+        labels.append(0)
+        for _ in range(2):
+            texts.append(f"{rng.choice(OPENERS)}{q[0].lower()}{q[1:]}".strip())
             labels.append(0)
     return texts, labels
 
@@ -184,7 +211,8 @@ def _edges(text: str) -> str:
 
 
 class ReasoningScorer:
-    """P(prompt asks for written-out reasoning), from a hashed n-gram logistic regression."""
+    """P(prompt asks for written-out reasoning): a hashed n-gram logistic regression scores each
+    sentence, and the prompt takes its most eliciting sentence (one sentence is enough to ask)."""
 
     def __init__(self, seed: int = 0, cores: list[str] | None = None) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer
@@ -192,16 +220,27 @@ class ReasoningScorer:
 
         self.vec = HashingVectorizer(n_features=2**18, analyzer=analyze, alternate_sign=False, norm="l2")
         texts, labels = build_training_set(seed, cores)
-        self.clf = LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced")
-        self.clf.fit(self._features(texts), np.asarray(labels))
+        self.clf = LogisticRegression(C=8.0, solver="liblinear", class_weight="balanced")
+        self.clf.fit(self.vec.transform(texts), np.asarray(labels))
 
-    def _features(self, texts: list[str]):
-        return self.vec.transform([_edges(x) for x in texts])
+    def score_segments(self, segs: list[str]) -> np.ndarray:
+        if not segs:
+            return np.zeros(0)
+        return self.clf.predict_proba(self.vec.transform(segs))[:, 1]
 
     def score(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros(0)
-        return self.clf.predict_proba(self._features(texts))[:, 1]
+        segs: list[str] = []
+        owner: list[int] = []
+        for i, t in enumerate(texts):
+            ss = segments(t)
+            segs.extend(ss)
+            owner.extend([i] * len(ss))
+        p = self.score_segments(segs)
+        out = np.zeros(len(texts))
+        np.maximum.at(out, np.asarray(owner), p)
+        return out
 
 
 @lru_cache(maxsize=1)

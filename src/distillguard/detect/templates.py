@@ -44,8 +44,13 @@ def skeleton(text: str) -> str:
     return " ".join(skeleton_tokens(text))
 
 
+EDGE = 500
+
+
 def shingles(text: str) -> set[str]:
     """Shingles from where templates live: the head, the tail and the starts of lines."""
+    if len(text) > 2 * EDGE:  # template text sits at the edges; bounds the cost of long prompts
+        text = text[:EDGE] + "\n" + text[-EDGE:]
     toks = skeleton_tokens(text)
     out: set[str] = set()
     for tag, part in (("h", toks[:HEAD]), ("t", toks[-TAIL:])):
@@ -137,26 +142,31 @@ class TemplateTracker:
     requests: int = 0
     matched: int = 0
     table: list[TemplateSlot] = field(default_factory=list)
+    _sigs: np.ndarray | None = None
 
     def add(self, sig: np.ndarray, text: str) -> TemplateSlot:
         self.requests += 1
         if self.table:
-            sims = np.mean(np.stack([s.sig for s in self.table]) == sig, axis=1)
+            sims = (self._sigs[: len(self.table)] == sig).mean(axis=1)
             best = int(np.argmax(sims))
             if sims[best] >= self.threshold:
                 slot = self.table[best]
                 slot.count += 1
                 self.matched += 1
                 return slot
+        if self._sigs is None:
+            self._sigs = np.zeros((self.slots, len(sig)), dtype=sig.dtype)
         slot = TemplateSlot(sig=sig, count=1, example=text[:160])
         if len(self.table) < self.slots:
+            i = len(self.table)
             self.table.append(slot)
         else:
             # space-saving: the new template replaces the rarest one and inherits its count, so a
             # template that keeps coming back climbs past the one-off prompts
-            rare = min(range(len(self.table)), key=lambda i: self.table[i].count)
-            slot.count = self.table[rare].count + 1
-            self.table[rare] = slot
+            i = min(range(len(self.table)), key=lambda j: self.table[j].count)
+            slot.count = self.table[i].count + 1
+            self.table[i] = slot
+        self._sigs[i] = sig
         return slot
 
     def reuse_rate(self) -> float:

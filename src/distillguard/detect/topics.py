@@ -73,6 +73,8 @@ class TopicState:
     recent: list[np.ndarray] = field(default_factory=list)
     recent_max: int = 48
     novel_cos: float = 0.92
+    #: (m, TopicSignals) of the last computation: statistics change only when m does
+    cache: tuple | None = None
 
     def add(self, x: np.ndarray, phi: np.ndarray) -> bool:
         """Add one unit embedding and its random features; returns whether it was novel."""

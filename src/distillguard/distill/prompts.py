@@ -112,12 +112,13 @@ def read_prompts(src: PromptSource, system_prompt: str | None = None) -> list[Pr
 
 
 def read_all(sources: Iterable[PromptSource], system_prompt: str | None = None) -> list[PromptItem]:
-    """All sources in order, duplicates (same prompt) dropped so each is asked once."""
+    """All sources interleaved round-robin (so any prefix is a mix), duplicates dropped."""
+    per_source = [read_prompts(src, system_prompt) for src in sources]
     out: list[PromptItem] = []
     seen: set[str] = set()
-    for src in sources:
-        for item in read_prompts(src, system_prompt):
-            if item.id not in seen:
-                seen.add(item.id)
-                out.append(item)
+    for i in range(max((len(x) for x in per_source), default=0)):
+        for items in per_source:
+            if i < len(items) and items[i].id not in seen:
+                seen.add(items[i].id)
+                out.append(items[i])
     return out

@@ -225,9 +225,12 @@ class OpenAIUpstreamEngine(Engine):
         message = text[:500]
         try:
             err = json.loads(text).get("error")
-            message = (err.get("message") if isinstance(err, dict) else str(err)) or message
         except (ValueError, AttributeError):
-            pass
+            err = None
+        if isinstance(err, dict) and err.get("message"):
+            message = str(err["message"])
+        elif isinstance(err, str) and err:
+            message = err
         if status in _CLIENT_FAULT:
             raise EngineError(f"upstream refused the request ({status}): {message}")
         raise UpstreamError(f"upstream {self.base_url} answered {status}: {message}", status)

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Route
 
 from distillguard.config import Settings, load_settings
 from distillguard.engines.base import Engine
@@ -124,12 +125,18 @@ def create_app(
         eng = getattr(request.app.state, "engine", None)
         return Response(orjson.dumps({"status": "ok", "model": eng.model_name if eng else None}), media_type="application/json")
 
-    app.add_api_route(CHAT, chat_completions, methods=["POST"], summary="Chat completion (OpenAI-compatible)")
-    app.add_api_route(COMPLETIONS, completions, methods=["POST"], summary="Text completion (OpenAI-compatible)")
-    app.add_api_route("/v1/models", list_models, methods=["GET"], summary="List models")
-    app.add_api_route("/v1/models/{model}", get_model, methods=["GET"], summary="Retrieve a model")
-    app.add_api_route("/metrics", prometheus, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
+    # Plain Starlette routes: FastAPI's dependency solving would cost ~100 µs per request here
+    # for nothing (these endpoints parse their own bodies). They are not in the OpenAPI schema;
+    # OpenAI's own API reference documents them.
+    for path, endpoint, method in (
+        (CHAT, chat_completions, "POST"),
+        (COMPLETIONS, completions, "POST"),
+        ("/v1/models", list_models, "GET"),
+        ("/v1/models/{model}", get_model, "GET"),
+        ("/metrics", prometheus, "GET"),
+        ("/health", health, "GET"),
+    ):
+        app.router.routes.append(Route(path, endpoint, methods=[method]))
     app.include_router(admin_router)
     _install_error_handlers(app)
     return app

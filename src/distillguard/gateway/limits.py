@@ -25,6 +25,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from limits.storage import MemoryStorage, storage_from_string
+
 from distillguard.config import TierLimits
 
 WINDOW_S = 60  # every limit here is "per minute"
@@ -60,14 +62,15 @@ class Reservation:
 
 class Limiter:
     def __init__(self, storage_url: str = "memory://") -> None:
-        from limits.storage import storage_from_string
-
         url = storage_url
         options: dict[str, Any] = {}
         if url.startswith(("redis://", "rediss://", "redis+", "unix://")):
             url = "async+" + url  # never block the event loop on a network round trip
             options["implementation"] = "redispy"  # redis-py is a dependency already; coredis is not
-        self.storage: Any = storage_from_string(url, **options)
+        if url.startswith("memory://") and not options:
+            self.storage: Any = QuietMemoryStorage()
+        else:
+            self.storage = storage_from_string(url, **options)
         if not hasattr(self.storage, "acquire_sliding_window_entry"):
             raise ValueError(f"limits storage {storage_url!r} does not support sliding windows; use memory:// or redis://")
         self.is_async = url.startswith("async+")
@@ -139,6 +142,8 @@ class Limiter:
     def _refund_sync(self, key: str, amount: int, at: float) -> None:
         _, current = self.storage.sliding_window_keys(key, WINDOW_S, at)
         self.storage.decr(current, amount)
+        if isinstance(self.storage, QuietMemoryStorage):
+            self.storage.sweep_now_and_then()
 
     async def _retry_after(self, key: str, limit: int, cost: int) -> float:
         prev, prev_ttl, cur, cur_ttl = await _maybe(self.storage.get_sliding_window(key, WINDOW_S))
@@ -169,6 +174,32 @@ def seconds_until_fits(limit: int, cost: int, window: float, prev: int, prev_ttl
     if cur == 0:
         return shift
     return shift + max(window - (limit - cost) * window / cur, 0.0)
+
+
+class QuietMemoryStorage(MemoryStorage):
+    """`limits`' in-process storage without its expiry timer thread.
+
+    The stock storage starts a new ``threading.Timer`` thread up to 100 times a second to drop
+    expired counters; on a busy gateway those threads fight the event loop for the GIL. Expired
+    counters are already ignored when read, so only memory is at stake: ``sweep_now_and_then``
+    drops them at most every ``SWEEP_S`` seconds, inline, from the request path.
+    """
+
+    SWEEP_S = 30.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer.cancel()
+        self._last_sweep = time.monotonic()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - overrides the private hook
+        pass
+
+    def sweep_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep >= self.SWEEP_S:
+            self._last_sweep = now
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
 
 async def _maybe(value: Any) -> Any:

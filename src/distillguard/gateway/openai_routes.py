@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,7 +45,6 @@ from distillguard.gateway.errors import APIError, invalid, rate_limited
 from distillguard.gateway.limits import LimitExceeded, Limiter, Reservation
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.policy import VERIFY_MESSAGE, Decision, PolicyContext
-from distillguard.store.ids import new_event_id
 
 log = logging.getLogger("distillguard.gateway")
 
@@ -52,6 +52,14 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 _JSON = "application/json"
 _NO_DECISION = EventDecision(action="allow", reasons=[])
+_ids = random.Random()  # seeded from os.urandom once
+
+
+def new_event_id() -> str:
+    """Same format as ``store.ids.new_event_id`` (``ev_`` + 12 hex ms + 16 hex random), from a
+    PRNG instead of os.urandom: ids must be unique, not secret, and a syscall per request can
+    wait on the GIL behind the writer thread."""
+    return f"ev_{int(time.time() * 1000):012x}{_ids.getrandbits(64):016x}"
 
 
 @dataclass

@@ -1,0 +1,238 @@
+"""`distill eval`: how faithful each student is to its teacher, on held-out prompts.
+
+Teacher-forced on the teacher's held-out answers (all models see the same tokens):
+  top-1 agreement  share of answer positions where the model's argmax = the teacher's argmax
+  KL               mean KL(teacher || model) of the next-token distributions
+  perplexity       exp(mean NLL) of the teacher's answer tokens under the model
+Free-running (greedy, batch 1, models interleaved prompt by prompt so they share the machine's load):
+  ROUGE-L          F1 of the model's answer vs the teacher's collected answer (same token budget)
+  GSM8K accuracy   final number vs the reference, for prompts from GSM8K
+  tokens/s         decode speed
+plus the parameter count. Rows: teacher, the untrained initial student, each trained student.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from distillguard.distill.config import DistillConfig
+from distillguard.distill.data import DataError, collate, encode, prompt_ids, split_records
+from distillguard.distill.modelio import check_same_tokenizer, load_model, param_count, resolve_teacher_path
+
+
+# ---------------------------------------------------------------- text metrics
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased word tokens (longest common subsequence)."""
+    c, r = _words(candidate), _words(reference)
+    if not c or not r:
+        return float(c == r)
+    prev = [0] * (len(r) + 1)
+    for x in c:
+        cur = [0]
+        for j, y in enumerate(r):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, rec = lcs / len(c), lcs / len(r)
+    return 2 * p * rec / (p + rec)
+
+
+_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> str | None:
+    """GSM8K convention: the answer follows '####'; otherwise take the last number in the text."""
+    tail = text.split("####")[-1] if "####" in text else text
+    nums = _NUM.findall(tail)
+    if not nums:
+        return None
+    n = nums[-1].replace(",", "").rstrip(".")
+    try:
+        v = float(n)
+    except ValueError:
+        return None
+    return str(int(v)) if v == int(v) else str(v)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class ModelRow:
+    name: str
+    path: str
+    params: int
+    top1_agreement: float | None = None
+    kl: float | None = None
+    perplexity: float | None = None
+    rouge_l: float | None = None
+    gsm8k_accuracy: float | None = None
+    gsm8k_n: int = 0
+    tokens_per_s: float | None = None
+    generated_tokens: int = 0
+
+
+def model_list(cfg: DistillConfig) -> list[tuple[str, Path]]:
+    """Teacher first, then the initial student, each trained student, and any extra models."""
+    models = [("teacher", resolve_teacher_path(cfg.teacher.model_path))] if cfg.teacher.kind == "local" else []
+    if (cfg.student_init_path() / "config.json").is_file():
+        models.append(("student-init", cfg.student_init_path()))
+    if cfg.students_dir().is_dir():
+        for d in sorted(cfg.students_dir().iterdir()):
+            if (d / "distill_train.json").is_file() and (d / "config.json").is_file():
+                models.append((d.name, d))
+    models += list(cfg.eval.models.items())
+    return models
+
+
+def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
+    import torch
+
+    e = cfg.eval
+    torch.set_num_threads(e.threads)
+    _, held = split_records(cfg.dataset_path(), cfg.heldout_fraction)
+    if not held:
+        raise DataError(
+            f"no held-out answers in {cfg.dataset_path()} (heldout_fraction = {cfg.heldout_fraction}); "
+            "collect more prompts or raise heldout_fraction"
+        )
+    specs = model_list(cfg)
+    if not specs:
+        raise DataError("nothing to evaluate: run `distill student` / `distill train` first")
+    loaded = [(name, path, *load_model(path, threads=e.threads)) for name, path in specs]
+    tok = loaded[0][3]
+    for name, _, _, t in loaded[1:]:
+        check_same_tokenizer(tok, t, what=f"evaluating {name} against the teacher")
+    has_teacher = specs[0][0] == "teacher"
+    rows = {name: ModelRow(name, str(path), param_count(m)) for name, path, m, _ in loaded}
+
+    examples = [x for x in (encode(r, tok, cfg.train.max_length, cfg.train.include_reasoning) for r in held[: e.max_prompts]) if x]
+    gen_recs = held[: e.generate_prompts]
+    agree = {n: 0 for n in rows}
+    kl_sum = {n: 0.0 for n in rows}
+    nll_sum = {n: 0.0 for n in rows}
+    n_tok = 0
+    gen: dict[str, dict[str, float]] = {n: {"rouge": 0.0, "tokens": 0, "seconds": 0.0, "gsm_ok": 0, "gsm_n": 0} for n in rows}
+    with Progress(disable=not progress) as bar:
+        t_forced = bar.add_task("eval teacher-forced", total=len(examples))
+        for i in range(0, len(examples), 4):
+            batch = collate(examples[i : i + 4], tok.pad_token_id)
+            mask = batch["target_mask"]
+            targets = batch["input_ids"][:, 1:][mask]
+            n_tok += int(mask.sum())
+            t_logp = None
+            with torch.no_grad():
+                for name, _, model, _ in loaded:
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+                    logp = torch.log_softmax(logits.float(), dim=-1)
+                    if t_logp is None and has_teacher:
+                        t_logp = logp
+                    nll_sum[name] += float(-logp.gather(-1, targets[:, None]).sum())
+                    if t_logp is not None:
+                        agree[name] += int((logp.argmax(-1) == t_logp.argmax(-1)).sum())
+                        kl_sum[name] += float((t_logp.exp() * (t_logp - logp)).sum())
+            bar.update(t_forced, advance=len(batch["input_ids"]))
+
+        t_gen = bar.add_task("eval greedy answers", total=len(gen_recs) * len(loaded))
+        for rec in gen_recs:
+            p = prompt_ids(tok, rec["messages"])
+            ref_ids = tok(rec["response"], add_special_tokens=False)["input_ids"][: e.max_new_tokens]
+            reference = tok.decode(ref_ids, skip_special_tokens=True)
+            for name, _, model, mtok in loaded:
+                text, n_new, secs = greedy(model, mtok, p, e.max_new_tokens)
+                g = gen[name]
+                g["rouge"] += rouge_l(text, reference)
+                g["tokens"] += n_new
+                g["seconds"] += secs
+                if rec.get("task") == "gsm8k" and rec.get("reference"):
+                    g["gsm_n"] += 1
+                    g["gsm_ok"] += int(final_number(text) == final_number(rec["reference"]))
+                bar.update(t_gen, advance=1)
+
+    for name, row in rows.items():
+        if n_tok:
+            row.perplexity = math.exp(nll_sum[name] / n_tok)
+            if has_teacher:
+                row.top1_agreement = agree[name] / n_tok
+                row.kl = kl_sum[name] / n_tok
+        g = gen[name]
+        if gen_recs:
+            row.rouge_l = g["rouge"] / len(gen_recs)
+            row.tokens_per_s = g["tokens"] / g["seconds"] if g["seconds"] else None
+            row.generated_tokens = int(g["tokens"])
+        if g["gsm_n"]:
+            row.gsm8k_accuracy = g["gsm_ok"] / g["gsm_n"]
+            row.gsm8k_n = int(g["gsm_n"])
+
+    result: dict[str, Any] = {
+        "dataset": str(cfg.dataset_path()),
+        "heldout_prompts_scored": len(examples),
+        "heldout_tokens_scored": n_tok,
+        "heldout_prompts_generated": len(gen_recs),
+        "max_new_tokens": e.max_new_tokens,
+        "threads": e.threads,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
+        "models": [asdict(r) for r in rows.values()],
+    }
+    if has_teacher:
+        t_row = rows["teacher"]
+        for r in result["models"]:
+            r["speedup_vs_teacher"] = (r["tokens_per_s"] / t_row.tokens_per_s) if r["tokens_per_s"] and t_row.tokens_per_s else None
+            r["ppl_ratio_vs_teacher"] = (r["perplexity"] / t_row.perplexity) if r["perplexity"] and t_row.perplexity else None
+    out = cfg.eval_output()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def greedy(model: Any, tok: Any, prompt: list[int], max_new_tokens: int) -> tuple[str, int, float]:
+    """Greedy answer (batch 1): (text, new tokens, seconds)."""
+    import torch
+
+    ids = torch.tensor([prompt])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+            temperature=None, top_p=None, top_k=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+    secs = time.perf_counter() - t0
+    new = out[0, len(prompt) :].tolist()
+    return tok.decode(new, skip_special_tokens=True), len(new), secs
+
+
+def render_table(result: dict[str, Any], console: Console | None = None) -> None:
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    t = Table(title=f"distill eval: {result['heldout_prompts_scored']} held-out prompts ({result['heldout_tokens_scored']} answer tokens), "
+                    f"{result['heldout_prompts_generated']} answered greedily")
+    for col in ["model", "params", "top-1 agree", "KL(T||S)", "ppl", "ppl/teacher", "ROUGE-L", "GSM8K", "tok/s", "speed-up"]:
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for r in result["models"]:
+        gsm = "-" if r["gsm8k_accuracy"] is None else f"{r['gsm8k_accuracy']:.0%} of {r['gsm8k_n']}"
+        t.add_row(
+            r["name"], f"{r['params'] / 1e6:.1f}M", f(r["top1_agreement"], ".1%"), f(r["kl"], ".3f"), f(r["perplexity"], ".3f"),
+            f(r.get("ppl_ratio_vs_teacher"), ".2f"), f(r["rouge_l"], ".3f"), gsm, f(r["tokens_per_s"], ".1f"),
+            f(r.get("speedup_vs_teacher"), ".2f"),
+        )
+    (console or Console()).print(t)

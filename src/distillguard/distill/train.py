@@ -1,0 +1,217 @@
+"""`distill train`: fit the student to the teacher, one readable loop.
+
+Three methods, chosen by ``train.method``:
+- ``sft``    sequence-level KD (Kim & Rush 2016): cross-entropy on the teacher's answer tokens;
+             works across tokenizers because only text crosses over.
+- ``logits`` token-level KD on the full next-token distributions of a local teacher run alongside
+             (forward KL, reverse KL or generalised JSD, with temperature).
+- ``topk``   token-level KD from the top-k logprobs an API returned at collect time, the rest of
+             the mass in a tail bucket.
+
+Loss is computed on answer tokens only. Checkpoints (model + optimizer + scheduler + step) go to
+``<output>/checkpoint`` every ``save_every`` steps; rerunning the same command resumes from it.
+Batch order is a pure function of (seed, step), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from distillguard.distill.config import DistillConfig
+from distillguard.distill.data import DataError, Example, collate, encode, encode_topk, make_batches, split_records, token_index
+from distillguard.distill.losses import kd_loss, topk_kd_loss
+from distillguard.distill.modelio import check_same_tokenizer, load_model, resolve_teacher_path
+
+
+@dataclass
+class TrainSummary:
+    output: Path
+    method: str
+    loss: str
+    steps: int
+    resumed_from: int
+    examples: int
+    skipped: int
+    first_loss: float | None
+    last_loss: float | None
+    seconds: float
+    tokens: int
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))  # cosine to 10%
+
+    return f
+
+
+def batch_loss(student: Any, teacher: Any, batch: dict[str, Any], cfg: DistillConfig) -> tuple[Any, dict[str, float]]:
+    """The loss of one batch, on answer tokens only."""
+    import torch
+    import torch.nn.functional as F
+
+    t = cfg.train
+    mask = batch["target_mask"]
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    s = logits[mask]  # [N answer tokens, V]
+    targets = batch["input_ids"][:, 1:][mask]
+    ce = F.cross_entropy(s.float(), targets)
+    if t.method == "sft":
+        return ce, {"ce": float(ce)}
+    if t.method == "logits":
+        with torch.no_grad():
+            tl = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+        kd = kd_loss(s, tl, t.loss, t.beta, t.temperature)
+    else:
+        kd = topk_kd_loss(s, batch["top_ids"], batch["top_logp"], batch["top_valid"], t.loss, t.beta)
+    return kd + t.ce_weight * ce, {"kd": float(kd), "ce": float(ce)}
+
+
+def prepare(cfg: DistillConfig, tok: Any) -> tuple[list[Example], int]:
+    t = cfg.train
+    train_recs, _ = split_records(cfg.dataset_path(), cfg.heldout_fraction)
+    if t.method == "topk":
+        if not any(r.get("logprobs") for r in train_recs):
+            raise DataError(
+                "train.method = 'topk' needs teacher logprobs, and the dataset has none: collect again with "
+                "collect.top_logprobs = 5 (if the teacher's API returns them), or use method 'sft'"
+            )
+        index = token_index(tok)
+        made = [encode_topk(r, tok, t.max_length, index) for r in train_recs]
+    else:
+        made = [encode(r, tok, t.max_length, t.include_reasoning) for r in train_recs]
+    examples = [e for e in made if e is not None]
+    if not examples:
+        hint = " (their tokens are not in the student's vocabulary: use method 'sft')" if t.method == "topk" else ""
+        raise DataError(f"none of the {len(train_recs)} training answers could be used{hint}")
+    return examples, len(made) - len(examples)
+
+
+def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> TrainSummary:
+    import torch
+
+    t = cfg.train
+    done = cfg.train_output() / "distill_train.json"
+    if done.is_file() and not force:
+        d = json.loads(done.read_text())
+        d.pop("config", None)
+        d["output"] = Path(d["output"])
+        return TrainSummary(**d)  # finished earlier: nothing to resume
+    torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    out = cfg.train_output()
+    ckpt = out / "checkpoint"
+    student_src = t.student or cfg.student_init_path()
+    if not Path(student_src).exists():
+        raise DataError(f"student {student_src} does not exist; run `distillguard distill student` first")
+    resumed_from = 0
+    state: dict[str, Any] | None = None
+    if (ckpt / "trainer_state.pt").is_file():
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        student, tok = load_model(ckpt, threads=t.threads)
+        resumed_from = int(state["step"])
+    else:
+        student, tok = load_model(student_src, threads=t.threads)
+
+    teacher = None
+    if t.method == "logits":
+        if cfg.teacher.kind == "openai":
+            raise DataError(
+                "train.method = 'logits' needs a local teacher (its full logits); the teacher is an API: "
+                "use method 'topk' (collect with top_logprobs) or 'sft'"
+            )
+        teacher, teacher_tok = load_model(resolve_teacher_path(cfg.teacher.model_path), threads=t.threads)
+        check_same_tokenizer(teacher_tok, tok)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    examples, skipped = prepare(cfg, tok)
+    batches = make_batches(examples, t.batch_size)
+    per_epoch = math.ceil(len(batches) / t.grad_accum)
+    total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))
+
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=t.learning_rate, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t.warmup_steps, total))
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    student.train()
+
+    def batch_at(g: int) -> list[Example]:
+        epoch, pos = divmod(g, len(batches))
+        order = list(range(len(batches)))
+        random.Random(t.seed * 1000003 + epoch).shuffle(order)
+        return [examples[i] for i in batches[order[pos]]]
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.jsonl"
+    first_loss = last_loss = None
+    tokens = 0
+    t0 = time.perf_counter()
+    bar = Progress(
+        TextColumn(f"train {t.run_name()}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress,
+    )
+    with bar, log_path.open("a") as log:
+        task = bar.add_task("train", total=total, completed=resumed_from, loss="-")
+        for step in range(resumed_from, total):
+            opt.zero_grad(set_to_none=True)
+            parts: dict[str, float] = {}
+            step_loss = 0.0
+            for micro in range(t.grad_accum):
+                batch = collate(batch_at(step * t.grad_accum + micro), tok.pad_token_id)
+                loss, parts = batch_loss(student, teacher, batch, cfg)
+                (loss / t.grad_accum).backward()
+                step_loss += float(loss) / t.grad_accum
+                tokens += int(batch["attention_mask"].sum())
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            first_loss = step_loss if first_loss is None else first_loss
+            last_loss = step_loss
+            log.write(json.dumps({"step": step + 1, "loss": step_loss, **parts, "lr": sched.get_last_lr()[0]}) + "\n")
+            log.flush()
+            bar.update(task, advance=1, loss=f"{step_loss:.4f}")
+            if (step + 1) % t.save_every == 0 and step + 1 < total:
+                _save_checkpoint(student, tok, opt, sched, step + 1, ckpt)
+
+    student.eval()
+    student.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    summary = TrainSummary(
+        out, t.method, t.loss if t.method != "sft" else "ce", total, resumed_from, len(examples), skipped,
+        first_loss, last_loss, time.perf_counter() - t0, tokens,
+    )
+    (out / "distill_train.json").write_text(
+        json.dumps({**asdict(summary), "output": str(out), "config": json.loads(t.model_dump_json())}, indent=2)
+    )
+    if ckpt.exists():
+        shutil.rmtree(ckpt)  # the finished model is saved; a rerun starts a fresh run
+    return summary
+
+
+def _save_checkpoint(model: Any, tok: Any, opt: Any, sched: Any, step: int, ckpt: Path) -> None:
+    """Write to a temporary folder, then swap it in: a kill never leaves a half checkpoint."""
+    import torch
+
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "trainer_state.pt")
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    tmp.rename(ckpt)

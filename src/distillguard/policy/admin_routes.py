@@ -1,0 +1,119 @@
+"""Review API: flagged accounts, clusters, exempt / ban / unban / verify, explain, policy status.
+
+    app.include_router(build_router(board, store, policy=policy, dependencies=[Depends(require_admin)]),
+                       prefix="/admin")
+
+Routes (relative to where it is mounted):
+
+    GET  /policy/flagged?min_risk=       flagged accounts (own risk or cluster), evidence, review state
+    GET  /policy/clusters                detector clusters with members and risk
+    POST /policy/accounts/{name}/{action}  action: exempt | unexempt | ban | unban | verify | unverify
+                                         body (optional): {"note": "...", "by": "..."}
+    GET  /policy/accounts/{name}/explain the last decision, its reasons, and the state now
+    GET  /policy/status                  threshold, rules, reloads, last reload error, indicator count
+    POST /policy/reload                  re-read the policy file and indicators now
+
+Store calls run in the thread pool; nothing here is on the serving path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from distillguard.policy.review import ACTIONS, apply_review
+from distillguard.policy.state import RiskBoard
+from distillguard.store.base import StoreError
+
+
+class ReviewBody(BaseModel):
+    note: str | None = None
+    by: str | None = None
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj, default=str), status_code=status, media_type="application/json")
+
+
+def _error(status: int, message: str, code: str, param: str | None = None) -> Response:
+    return _json({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}, status)
+
+
+def build_router(board: RiskBoard, store: Any, *, policy: Any = None, dependencies: Sequence[Any] = (),
+                 verified_tier: str | None = "verified", policy_file: Any = None) -> APIRouter:
+    """``dependencies``: e.g. ``[Depends(require_admin)]`` (the admin token check).
+    ``verified_tier``: tier an account moves to when verified (None: tier unchanged)."""
+    router = APIRouter(dependencies=list(dependencies), tags=["policy"])
+
+    @router.get("/policy/flagged")
+    async def flagged(min_risk: float | None = Query(None, ge=0.0, le=1.0)) -> Response:
+        data = board.flagged(min_risk)
+        return _json({"object": "list", "threshold": board.threshold, "data": data})
+
+    @router.get("/policy/clusters")
+    async def clusters() -> Response:
+        return _json({"object": "list", "data": [{"cluster": k, **v} for k, v in sorted(board.clusters().items())]})
+
+    @router.post("/policy/accounts/{name}/{action}")
+    async def review(name: str, action: str, body: ReviewBody | None = None) -> Response:
+        if action not in ACTIONS:
+            return _error(404, f"unknown review action {action!r}; use one of {', '.join(ACTIONS)}", "unknown_action", "action")
+        body = body or ReviewBody()
+        try:
+            acc = await run_in_threadpool(apply_review, store, name, action, by=body.by or "admin-api",
+                                          note=body.note, board=board, verified_tier=verified_tier)
+        except StoreError as exc:
+            return _error(404, str(exc), "account_not_found", "name")
+        return _json({"account": acc.name, "tier": acc.tier, "action": action, "review": board.review(name).state,
+                      "flags": {k: acc.flags.get(k) for k in ("banned", "exempt", "verified") if k in acc.flags}})
+
+    @router.get("/policy/accounts/{name}/explain")
+    async def explain(name: str) -> Response:
+        last = board.last_decision(name)
+        now = board.describe(name)
+        if last is None and now["source"] == "none" and now["review"] == "none":
+            acc = await run_in_threadpool(store.get_account, name)
+            if acc is None:
+                return _error(404, f"No account named {name!r}.", "account_not_found", "name")
+        return _json({"account": name, "last_decision": last, "now": now, "threshold": board.threshold})
+
+    @router.get("/policy/status")
+    async def status() -> Response:
+        if policy is None:
+            return _json({"policy": None})
+        cp = policy.compiled
+        return _json({
+            "threshold": cp.threshold,
+            "rules": [r.model_dump() for r in cp.config.rules],
+            "default_action": cp.config.default_action,
+            "throttle": cp.config.throttle.model_dump(),
+            "degrade": cp.config.degrade.model_dump(),
+            "indicators": len(cp.indicators),
+            "reloads": policy.reloads,
+            "reload_error": policy.reload_error,
+            "board_last_refresh": board.last_refresh,
+        })
+
+    @router.post("/policy/reload")
+    async def reload() -> Response:
+        if policy is None:
+            return _error(503, "no risk policy is running", "policy_disabled")
+        if policy_file is not None:
+            ok = await run_in_threadpool(policy.reload_file, policy_file)
+        else:
+            try:
+                await run_in_threadpool(policy.reload)
+                ok = True
+            except (ValueError, OSError) as exc:
+                policy.reload_error, ok = str(exc), False
+        if not ok:
+            return _error(400, f"reload failed, the current policy stays: {policy.reload_error}", "invalid_policy")
+        return _json({"reloaded": True, "reloads": policy.reloads, "indicators": len(policy.compiled.indicators)})
+
+    return router

@@ -1,0 +1,336 @@
+"""The risk board: everything the policy needs per account, in memory, read without I/O.
+
+Writers (all off the request path):
+
+* the detection worker's callback (``board.detector_callback()``): risk, evidence, cluster;
+* review actions (admin API in this process: at once; the CLI in another process: through the
+  store's account flags, which ``refresh_from_store`` reads every few seconds);
+* ``refresh_from_store`` also takes risk/cluster/evidence from the flags the detection worker
+  writes (``store_flags_callback``), for accounts this process has no live risk for (detection
+  running in another process).
+
+Readers (``RiskPolicy.decide``) only do dict lookups. Updates replace whole immutable records and
+whole index dicts, so a reader never sees half an update and needs no lock.
+
+Cluster inheritance: accounts the detector links into one cluster are treated as one actor. The
+effective risk of a member is the maximum risk over its cluster, so an account that the detector
+puts into a flagged cluster is restricted from its next request, before it has a record of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("distillguard.policy")
+
+#: account flags holding review state (values: {"at": ts, "by": who, "note": text})
+REVIEW_FLAGS = ("banned", "exempt", "verified")
+
+
+@dataclass(frozen=True)
+class AccountRisk:
+    risk: float
+    cluster: str | None = None
+    evidence: tuple[dict[str, Any], ...] = ()
+    flagged: bool = False
+    source: str = "detector"  # "detector" (live, this process) | "store" (flags written elsewhere)
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Review:
+    state: str = "none"  # "none" | "exempt" | "verified" | "banned"
+    by: str | None = None
+    at: float | None = None
+    note: str | None = None
+
+
+NO_REVIEW = Review()
+NO_RISK = AccountRisk(risk=0.0, source="none")
+
+
+@dataclass(frozen=True)
+class Effective:
+    """What the policy reads for one account: its own risk, its cluster's, and which won."""
+
+    risk: float
+    own: AccountRisk
+    cluster: str | None
+    cluster_risk: float
+    cluster_flagged: bool
+    #: the member whose risk the account inherits (None when its own risk is the highest)
+    inherited_from: str | None
+
+
+@dataclass
+class _Cluster:
+    members: frozenset[str]
+    risk: float = 0.0
+    top: str | None = None
+    flagged: bool = False
+
+
+def review_from_flags(flags: dict[str, Any]) -> Review:
+    """Banned beats exempt beats verified (ban and exempt are kept exclusive by the writers)."""
+    for state in REVIEW_FLAGS:
+        v = flags.get(state)
+        if v:
+            d = v if isinstance(v, dict) else {}
+            return Review(state=state, by=d.get("by"), at=d.get("at"), note=d.get("note"))
+    return NO_REVIEW
+
+
+class RiskBoard:
+    def __init__(self, threshold: float, explain_accounts: int = 100_000) -> None:
+        self.threshold = threshold
+        self._risk: dict[str, AccountRisk] = {}
+        self._review: dict[str, Review] = {}
+        self._account_cluster: dict[str, str] = {}
+        self._clusters: dict[str, _Cluster] = {}
+        self._last: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._explain_cap = explain_accounts
+        self._write = threading.Lock()  # writers only; readers never take it
+        self._refresher: _Refresher | None = None
+        self.last_refresh: float | None = None
+        self.refresh_errors = 0
+
+    # ------------------------------------------------------------------ reads (request path)
+    def review(self, account: str) -> Review:
+        return self._review.get(account, NO_REVIEW)
+
+    def risk(self, account: str) -> AccountRisk:
+        return self._risk.get(account, NO_RISK)
+
+    def effective(self, account: str) -> Effective:
+        own = self._risk.get(account, NO_RISK)
+        cid = self._account_cluster.get(account)
+        c = self._clusters.get(cid) if cid is not None else None
+        if c is None or c.risk <= own.risk:
+            return Effective(own.risk, own, cid, c.risk if c else 0.0, bool(c and c.flagged), None)
+        return Effective(c.risk, own, cid, c.risk, c.flagged, c.top)
+
+    def cluster_members(self, cluster: str) -> frozenset[str]:
+        c = self._clusters.get(cluster)
+        return c.members if c else frozenset()
+
+    # ------------------------------------------------------------------ writes
+    def set_risk(self, account: str, risk: float, *, cluster: str | None = None,
+                 evidence: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (), flagged: bool | None = None,
+                 source: str = "detector") -> None:
+        with self._write:
+            self._set_risk_locked(account, risk, cluster, evidence, flagged, source)
+            self._reindex_locked({account})
+
+    def _set_risk_locked(self, account: str, risk: float, cluster: str | None, evidence: Any,
+                         flagged: bool | None, source: str) -> None:
+        risk = float(risk)
+        self._risk[account] = AccountRisk(
+            risk=risk, cluster=cluster, evidence=tuple(evidence or ()),
+            flagged=bool(flagged) if flagged is not None else risk >= self.threshold,
+            source=source, updated_at=time.time())
+
+    def update_many(self, records: dict[str, dict[str, Any]], source: str = "detector") -> None:
+        """``records``: account -> verdict-like dict (score, cluster, evidence, flagged)."""
+        if not records:
+            return
+        with self._write:
+            for account, v in records.items():
+                self._set_risk_locked(account, v.get("score", 0.0), v.get("cluster"), v.get("evidence") or (),
+                                      v.get("flagged"), source)
+            self._reindex_locked(set(records))
+
+    def _reindex_locked(self, changed: set[str]) -> None:
+        """Recompute membership and cluster risk for clusters touched by ``changed`` accounts."""
+        ac = dict(self._account_cluster)
+        touched: set[str] = set()
+        for a in changed:
+            old = ac.get(a)
+            r = self._risk.get(a)
+            new = r.cluster if r is not None else None
+            if old is not None:
+                touched.add(old)
+            if new is None:
+                ac.pop(a, None)
+            else:
+                ac[a] = new
+                touched.add(new)
+        if not touched:
+            self._account_cluster = ac
+            return
+        members: dict[str, set[str]] = {cid: set(self._clusters[cid].members) if cid in self._clusters else set()
+                                        for cid in touched}
+        for a in changed:
+            for cid in touched:
+                members[cid].discard(a)
+            cid = ac.get(a)
+            if cid is not None:
+                members[cid].add(a)
+        clusters = dict(self._clusters)
+        for cid, m in members.items():
+            m = {a for a in m if ac.get(a) == cid}
+            if not m:
+                clusters.pop(cid, None)
+                continue
+            top = max(m, key=lambda a: self._risk.get(a, NO_RISK).risk)
+            risk = self._risk.get(top, NO_RISK).risk
+            flagged = any(self._risk.get(a, NO_RISK).flagged for a in m) or risk >= self.threshold
+            clusters[cid] = _Cluster(frozenset(m), risk, top, flagged)
+        # publish: readers see either the old or the new index, never a mix within one dict
+        self._account_cluster = ac
+        self._clusters = clusters
+
+    def set_review(self, account: str, review: Review) -> None:
+        with self._write:
+            rv = dict(self._review)
+            if review.state == "none":
+                rv.pop(account, None)
+            else:
+                rv[account] = review
+            self._review = rv
+
+    def set_threshold(self, threshold: float) -> None:
+        with self._write:
+            self.threshold = threshold
+            self._reindex_locked(set(self._risk))
+
+    # ------------------------------------------------------------------ detector and store
+    def detector_callback(self):
+        """A ``DetectionWorker`` ``on_update``: runs on the worker thread after each batch."""
+
+        def on_update(detector: Any, changed: set[str]) -> None:
+            self.update_many({a: self._verdict(detector, a) for a in changed if a in detector.accounts})
+
+        return on_update
+
+    def _verdict(self, detector: Any, account: str) -> dict[str, Any]:
+        """The detector's verdict, full (with evidence) only where the policy could act on it:
+        building evidence sentences for every quiet account after every batch would be waste."""
+        st = detector.accounts[account]
+        score = getattr(st, "score", None)
+        linker = getattr(detector, "linker", None)
+        if score is None or linker is None or score >= 0.5 * self.threshold:
+            return detector.verdict(account)
+        return {"score": score, "cluster": linker.account_cluster.get(account),
+                "flagged": getattr(st, "flagged_at", None) is not None, "evidence": ()}
+
+    def refresh_from_store(self, store: Any) -> int:
+        """Read review flags (and risk written by a detector elsewhere) from the store's accounts.
+        Returns how many accounts changed. One query; run it off the request path."""
+        accounts = store.list_accounts()
+        changed = 0
+        reviews: dict[str, Review] = {}
+        risks: dict[str, dict[str, Any]] = {}
+        for acc in accounts:
+            flags = acc.flags or {}
+            r = review_from_flags(flags)
+            if r.state != "none":
+                reviews[acc.name] = r
+            if "risk" in flags and self._risk.get(acc.name, NO_RISK).source != "detector":
+                old = self._risk.get(acc.name)
+                v = {"score": float(flags.get("risk") or 0.0), "cluster": flags.get("cluster"),
+                     "evidence": flags.get("evidence") or (), "flagged": flags.get("risk_flagged")}
+                if old is None or old.risk != v["score"] or old.cluster != v["cluster"]:
+                    risks[acc.name] = v
+        with self._write:
+            if reviews != self._review:
+                changed += len(set(reviews.items()) ^ set(self._review.items()))
+                self._review = reviews
+        if risks:
+            self.update_many(risks, source="store")
+            changed += len(risks)
+        self.last_refresh = time.time()
+        return changed
+
+    def start_refresher(self, store: Any, interval_s: float = 2.0) -> None:
+        """Refresh from the store every ``interval_s`` on a daemon thread (first refresh now)."""
+        self.stop_refresher()
+        self._refresher = _Refresher(self, store, interval_s)
+        self._refresher.start()
+
+    def stop_refresher(self) -> None:
+        if self._refresher is not None:
+            self._refresher.stop()
+            self._refresher = None
+
+    # ------------------------------------------------------------------ explain
+    def record_decision(self, account: str, record: dict[str, Any]) -> None:
+        """Keep the last decision per account (bounded; called by the policy per request)."""
+        last = self._last
+        last[account] = record
+        if len(last) > self._explain_cap:
+            try:
+                last.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                pass
+
+    def last_decision(self, account: str) -> dict[str, Any] | None:
+        return self._last.get(account)
+
+    # ------------------------------------------------------------------ listing (admin, CLI)
+    def flagged(self, min_risk: float | None = None) -> list[dict[str, Any]]:
+        """Accounts at or above ``min_risk`` (default: the threshold) on their own or through
+        their cluster, highest first, with evidence, cluster and review state."""
+        floor = self.threshold if min_risk is None else min_risk
+        out = []
+        for a in set(self._risk) | set(self._account_cluster):
+            eff = self.effective(a)
+            if eff.risk < floor and not eff.own.flagged:
+                continue
+            out.append(self.describe(a, eff))
+        out.sort(key=lambda d: (-d["effective_risk"], d["account"]))
+        return out
+
+    def describe(self, account: str, eff: Effective | None = None) -> dict[str, Any]:
+        eff = eff or self.effective(account)
+        rv = self.review(account)
+        return {
+            "account": account,
+            "risk": round(eff.own.risk, 6),
+            "effective_risk": round(eff.risk, 6),
+            "flagged": eff.own.flagged,
+            "cluster": eff.cluster,
+            "cluster_flagged": eff.cluster_flagged,
+            "cluster_size": len(self.cluster_members(eff.cluster)) if eff.cluster else 0,
+            "inherited_from": eff.inherited_from,
+            "evidence": list(eff.own.evidence),
+            "review": rv.state,
+            "review_by": rv.by,
+            "review_note": rv.note,
+            "source": eff.own.source,
+        }
+
+    def clusters(self) -> dict[str, dict[str, Any]]:
+        return {cid: {"members": sorted(c.members), "risk": round(c.risk, 6), "top": c.top, "flagged": c.flagged}
+                for cid, c in self._clusters.items()}
+
+
+@dataclass
+class _Refresher:
+    board: RiskBoard
+    store: Any
+    interval_s: float
+    _halt: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="distillguard-policy-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.board.refresh_from_store(self.store)
+            except Exception:  # noqa: BLE001 - a store hiccup must not stop later refreshes
+                self.board.refresh_errors += 1
+                log.exception("policy board: refreshing review state from the store failed")
+            self._halt.wait(self.interval_s)
