@@ -111,8 +111,10 @@ def main() -> None:
 
     for fn in configs.values():  # warm-up: first calls pay one-off allocation costs
         fn(prompts[0])
+    console.print("warmed up")
 
     rates: dict[str, list[float]] = {k: [] for k in configs}
+    cpu_rates: dict[str, list[float]] = {k: [] for k in configs}
     tokens: dict[str, int] = {k: 0 for k in configs}
     load_before = os.getloadavg()
     with Progress(console=console) as bar:
@@ -120,20 +122,25 @@ def main() -> None:
         for _ in range(args.rounds):
             for ids in prompts:
                 for name, fn in configs.items():
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     n = fn(ids)
-                    dt = time.perf_counter() - t
+                    dt, dc = time.perf_counter() - t, time.process_time() - c
                     rates[name].append(n / dt)
+                    cpu_rates[name].append(n / dc)
                     tokens[name] += n
                     bar.advance(task)
     load_after = os.getloadavg()
 
     base = statistics.median(rates["raw"])
+    cpu_base = statistics.median(cpu_rates["raw"])
     results = {
         name: {
             "median_tokens_per_s": round(statistics.median(r), 2),
             "mean_tokens_per_s": round(statistics.fmean(r), 2),
             "ratio_to_raw": round(statistics.median(r) / base, 3),
+            # tokens per CPU-second of this process: insensitive to other processes' load
+            "median_tokens_per_cpu_s": round(statistics.median(cpu_rates[name]), 2),
+            "cpu_ratio_to_raw": round(statistics.median(cpu_rates[name]) / cpu_base, 3),
             "completion_tokens": tokens[name],
             "calls": len(r),
         }
@@ -160,7 +167,9 @@ def main() -> None:
         "settings": {**vars(args), "out": str(args.out), "threads": threads, "prompts": len(prompts)},
         "results": results,
         "notes": (
-            "tokens/s = completion tokens / wall time of one call (prompt evaluation included). "
+            "tokens/s = completion tokens / wall time of one call (prompt evaluation included); "
+            "tokens per CPU-s = completion tokens / CPU time this process used (all its threads), "
+            "the cost measure that other processes' load does not distort. "
             "engine = LlamaCppEngine.generate_sync; the gateway adds its own overhead on top. "
             "Other processes shared this 2-core machine; configurations ran interleaved so they "
             "share that load alike; compare ratios, not absolute numbers across runs."
@@ -169,9 +178,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
 
-    table = Table("config", "median tok/s", "ratio to raw", "tokens")
+    table = Table("config", "median tok/s", "ratio to raw", "tok per CPU-s", "CPU ratio", "tokens")
     for name, r in results.items():
-        table.add_row(name, f"{r['median_tokens_per_s']:.1f}", f"{r['ratio_to_raw']:.3f}", str(r["completion_tokens"]))
+        table.add_row(
+            name,
+            f"{r['median_tokens_per_s']:.1f}",
+            f"{r['ratio_to_raw']:.3f}",
+            f"{r['median_tokens_per_cpu_s']:.1f}",
+            f"{r['cpu_ratio_to_raw']:.3f}",
+            str(r["completion_tokens"]),
+        )
     Console().print(table)
     console.print(f"wrote {args.out}")
 

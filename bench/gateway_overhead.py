@@ -152,7 +152,14 @@ class Pool:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def post(self) -> int:
-        conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        if self.idle:
+            try:
+                return await self._post(self.idle.pop())
+            except (OSError, asyncio.IncompleteReadError):
+                pass  # the server closed this idle connection (keep-alive timeout): a new one
+        return await self._post(await asyncio.open_connection(self.host, self.port))
+
+    async def _post(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> int:
         reader, writer = conn
         writer.write(self.request)
         head = await reader.readuntil(b"\r\n\r\n")
@@ -182,11 +189,10 @@ async def open_loop(target: Target, rate: float, duration: float, warmup: float 
     """Start requests at ``rate``/s for ``duration`` s (after ``warmup`` s not counted)."""
     pool = Pool(target, BODY)
     latencies: list[float] = []
-    errors = 0
+    errors: dict[int, int] = {}  # status (0: connection error) -> count
     tasks = []
 
     async def one(scheduled: float, counted: bool) -> None:
-        nonlocal errors
         try:
             status = await pool.post()
         except (OSError, asyncio.IncompleteReadError):
@@ -195,7 +201,7 @@ async def open_loop(target: Target, rate: float, duration: float, warmup: float 
             if status == 200:
                 latencies.append((time.perf_counter() - scheduled) * 1000.0)
             else:
-                errors += 1
+                errors[status] = errors.get(status, 0) + 1
 
     # time.perf_counter, not loop.time(): uvloop's clock has millisecond resolution
     total = int((warmup + duration) * rate)
@@ -212,7 +218,7 @@ async def open_loop(target: Target, rate: float, duration: float, warmup: float 
     lat = sorted(latencies)
     return {
         "rate": rate,
-        "requests": len(lat) + errors,
+        "requests": len(lat) + sum(errors.values()),
         "errors": errors,
         "p50_ms": round(pct(lat, 0.50), 3),
         "p90_ms": round(pct(lat, 0.90), 3),
@@ -329,6 +335,11 @@ def main() -> None:
         for t in targets:
             max_rps[t.name] = asyncio.run(closed_loop(t, args.concurrency, args.max_duration))
             print(f"max  {t.name:14s} {max_rps[t.name]['rps']:8.1f} req/s (errors {max_rps[t.name]['errors']})", flush=True)
+
+        for log in sorted(workdir.glob("*.log")):  # anything the servers complained about
+            bad = [ln for ln in log.read_text(errors="replace").splitlines() if any(w in ln for w in ("ERROR", "WARNING", "Error"))]
+            if bad:
+                print(f"{log.name}: {len(bad)} warning/error lines, last ones:", *bad[-10:], sep="\n  ")
 
         from distillguard.store import open_store
 

@@ -69,6 +69,23 @@ class WindowLimiter:
         return True
 
 
+def sensitivity(trace: list[tuple[str, bool, float, int]]) -> list[dict[str, Any]]:
+    """If every request at or above a level were restricted (degraded or refused): benign share
+    restricted and attacker yield, per cut level (the rules' levels are 0.9 throttle, 1.0 degrade,
+    1.6 verify by default). Uses the same decisions' levels; limits not re-simulated."""
+    out = []
+    for cut in (0.5, 0.8, 0.9, 0.95, 1.0, 1.1, 1.2, 1.4, 1.6):
+        ben = [lv for side, _, lv, _ in trace if side == "benign"]
+        row: dict[str, Any] = {"level": cut, "benign_share_at_or_above": sum(lv >= cut for lv in ben) / max(1, len(ben))}
+        for name, hyd in (("single", False), ("hydra", True)):
+            toks = [(lv, t) for side, h, lv, t in trace if side == "attack" and h == hyd]
+            base = sum(t for _, t in toks)
+            kept = sum(t for lv, t in toks if lv < cut)
+            row[f"{name}_yield"] = kept / base if base else None
+        out.append(row)
+    return out
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                             "python": platform.python_version()}
@@ -89,6 +106,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--batch", type=int, default=64, help="events per detector batch (decision lag)")
     ap.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--calibration", type=Path, default=None,
+                    help="reuse a calibration JSON (detect calibrate / --save-calibration) instead of calibrating")
+    ap.add_argument("--save-calibration", type=Path, default=None, help="write the tune-split calibration here")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "policy_simulation.json")
     args = ap.parse_args()
 
@@ -119,15 +139,25 @@ def main() -> None:
 
     # 1. calibrate on the tune split, benign only
     mix = Mix().scaled(args.scale)
-    tune = build_traffic(load_corpora("tune"), Mix(**{**mix.__dict__, "benign_only": True}), seed=args.seed, days=args.days)
-    tune_events = [ExchangeEvent.model_validate(e) for e in tune.sorted_events()]
-    print(f"calibrating on {len(tune_events):,} benign tune-split events ...", file=sys.stderr)
     t0 = time.perf_counter()
-    cal = calibrate(tune_events, target_fpr=0.001, config=cfg, embedder=embedder)
+    if args.calibration is not None:
+        cal = json.loads(args.calibration.read_text())
+        if (cal.get("embedder") is None) != (embedder is None):
+            sys.exit(f"error: {args.calibration} was calibrated with embedder {cal.get('embedder')!r}; "
+                     f"this run embeds with {embedder.name if embedder else None!r}")
+    else:
+        tune = build_traffic(load_corpora("tune"), Mix(**{**mix.__dict__, "benign_only": True}), seed=args.seed, days=args.days)
+        tune_events = [ExchangeEvent.model_validate(e) for e in tune.sorted_events()]
+        print(f"calibrating on {len(tune_events):,} benign tune-split events ...", file=sys.stderr)
+        cal = calibrate(tune_events, target_fpr=0.001, config=cfg, embedder=embedder)
+        del tune_events, tune
+        if args.save_calibration is not None:
+            from distillguard.detect.calibrate import write_calibration
+
+            write_calibration(cal, args.save_calibration)
     cal_s = time.perf_counter() - t0
     threshold = float(cal["threshold"])
     print(f"threshold {threshold:.4f} ({cal['resolution']}) in {cal_s:.0f}s", file=sys.stderr)
-    del tune_events, tune
 
     # 2. replay the held-out report split
     report = build_traffic(load_corpora("report"), mix, seed=args.seed + 1, days=args.days)
@@ -147,6 +177,7 @@ def main() -> None:
     decide_us: list[float] = []
     first_restricted: dict[str, int] = {}
     seen: dict[str, int] = defaultdict(int)
+    trace: list[tuple[str, bool, float, int]] = []  # (side, hydra?, level at decision, tokens)
     t0 = time.perf_counter()
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not sys.stderr.isatty()) as bar:
@@ -171,6 +202,7 @@ def main() -> None:
                 ids = (ev.key or acct, acct)
                 base_ok = lim_base.allow(ids, ev.ts, budget, 1.0)
                 served = d.action in ("allow", "throttle", "degrade") and lim_policy.allow(ids, ev.ts, budget, d.limit_scale)
+                trace.append((side, lab["group"] is not None, d.level, tokens if base_ok else 0))
                 p = per[acct]
                 p["requests"] += 1
                 p["base_tokens"] += tokens if base_ok else 0
@@ -236,7 +268,8 @@ def main() -> None:
         "setup": {"scale": args.scale, "days": args.days, "seed": args.seed, "batch": args.batch,
                   "embeddings": embedder.name if embedder else None, "tune_split": "benign only, calibration",
                   "report_split": "held out, all personas", "threshold": threshold,
-                  "calibration": {k: cal[k] for k in ("target_fpr", "accounts_scored", "achieved_fpr", "resolution")},
+                  "calibration": {**{k: cal.get(k) for k in ("target_fpr", "accounts_scored", "achieved_fpr", "resolution")},
+                                  "file": str(args.calibration) if args.calibration else None},
                   "policy": "PolicyConfig() defaults", "limits": tier.model_dump(),
                   "tokens": "completion_tokens from the events (drawn by detect/traffic.py per request)"},
         "events": len(events),
@@ -262,6 +295,7 @@ def main() -> None:
             "goal": "reduction_x >= 10",
         },
         "actions": {side: dict(v) for side, v in actions.items()},
+        "sensitivity": sensitivity(trace),
         "decide_us": {"median": statistics.median(decide_us), "p99": sorted(decide_us)[int(0.99 * len(decide_us))]},
         "seconds": {"calibration": round(cal_s, 1), "replay": round(replay_s, 1), "total": round(time.time() - t_start, 1)},
     }

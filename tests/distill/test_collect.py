@@ -76,6 +76,7 @@ class FlakyOpenAI(BaseHTTPRequestHandler):
     """A loopback OpenAI-compatible server that answers 429 (Retry-After) ``fail_first`` times."""
 
     fail_first = 0
+    status = 429
     retry_after = "0"
     calls = 0
     lock = threading.Lock()
@@ -86,7 +87,7 @@ class FlakyOpenAI(BaseHTTPRequestHandler):
             FlakyOpenAI.calls += 1
             n = FlakyOpenAI.calls
         if n <= FlakyOpenAI.fail_first:
-            self.send_response(429)
+            self.send_response(FlakyOpenAI.status)
             self.send_header("Retry-After", FlakyOpenAI.retry_after)
             self.end_headers()
             self.wfile.write(b'{"error": "slow down"}')
@@ -115,7 +116,7 @@ class FlakyOpenAI(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flaky_server():
-    FlakyOpenAI.calls, FlakyOpenAI.fail_first, FlakyOpenAI.retry_after = 0, 0, "0"
+    FlakyOpenAI.calls, FlakyOpenAI.fail_first, FlakyOpenAI.retry_after, FlakyOpenAI.status = 0, 0, "0", 429
     srv = ThreadingHTTPServer(("127.0.0.1", 0), FlakyOpenAI)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
@@ -146,13 +147,13 @@ def test_openai_teacher_down_fails_clearly(tmp_path, prompt_file):
         collect(cfg, progress=False)
 
 
-def test_openai_client_error_is_not_retried(flaky_server):
-    class Auth(FlakyOpenAI):
-        pass
-
-    teacher = OpenAITeacher(TeacherConfig(kind="openai", url="http://127.0.0.1:9/v1"))
-    assert teacher.url.endswith("/v1")
-    asyncio.run(teacher.aclose())
+def test_openai_client_error_is_not_retried(tmp_path, prompt_file, flaky_server):
+    FlakyOpenAI.fail_first, FlakyOpenAI.status = 5, 401
+    cfg = _cfg(tmp_path, prompt_file, 2, concurrency=1, backoff_initial_s=0.001)
+    cfg.teacher = TeacherConfig(kind="openai", url=flaky_server)
+    with pytest.raises(TeacherError, match="answered 401"):
+        collect(cfg, progress=False)
+    assert FlakyOpenAI.calls == 1  # a bad key will not get better by asking again
 
 
 def test_split_reasoning():

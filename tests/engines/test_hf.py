@@ -241,3 +241,14 @@ def test_missing_or_wrong_model_path(tmp_path: Any) -> None:
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(EngineError, match=".gguf"):
         HFEngine(tmp_path / "weights.bin")
+
+
+def test_a_failing_processor_fails_the_request(tiny: Any) -> None:
+    def broken(ids: np.ndarray, s: np.ndarray) -> np.ndarray:
+        raise RuntimeError("processor bug")
+
+    with pytest.raises(RuntimeError, match="processor bug"):
+        gen(tiny, max_tokens=3, logits_processors=[broken])
+    with pytest.raises(ValueError, match="shape"):
+        gen(tiny, max_tokens=3, logits_processors=[lambda ids, s: s[:10]])
+    assert gen(tiny, max_tokens=2, seed=0).completion_tokens == 2  # the engine still works

@@ -93,3 +93,25 @@ def test_missing_model_file(tmp_path: Any) -> None:
     bad.write_bytes(b"not a gguf")
     with pytest.raises(EngineError, match="could not load"):
         LlamaCppEngine(bad)
+
+
+def test_a_failing_processor_is_not_silently_skipped(smollm2: Any) -> None:
+    # exceptions cannot cross llama.cpp's C callback; the engine must re-raise, not sample raw
+    def broken(ids: np.ndarray, s: np.ndarray) -> np.ndarray:
+        raise RuntimeError("processor bug")
+
+    with pytest.raises(RuntimeError, match="processor bug"):
+        run(smollm2.generate(QUESTION, SamplingParams(max_tokens=3, logits_processors=[broken])))
+    with pytest.raises(ValueError, match="shape"):
+        run(smollm2.generate(QUESTION, SamplingParams(max_tokens=3, logits_processors=[lambda ids, s: s[:10]])))
+    assert run(smollm2.generate(QUESTION, SamplingParams(max_tokens=2, seed=0))).completion_tokens == 2
+
+
+def test_prefix_cache_does_not_change_seeded_results(smollm2: Any) -> None:
+    params = SamplingParams(max_tokens=12, seed=9, logprobs=True, top_logprobs=2)
+    outputs = []
+    for before in ([{"role": "user", "content": "What is the capital of Spain?"}], QUESTION, "unrelated"):
+        run(smollm2.generate(before, SamplingParams(max_tokens=2, seed=1)))  # leaves its KV cache behind
+        r = run(smollm2.generate(QUESTION, params)).choices[0]
+        outputs.append((r.token_ids, [lp.logprob for lp in r.logprobs]))
+    assert smollm2.reuse_prefix and outputs[0] == outputs[1] == outputs[2]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import time
+
 import httpx
 import openai
 import orjson
@@ -20,8 +22,8 @@ CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "ma
 
 
 @pytest.fixture
-def url(settings: Any, store: Any) -> Iterator[str]:
-    with live_server(create_app(settings, engine=FakeEngine(), store=store)) as u:
+def url(settings: Any, store: Any, tiny_engine: Any) -> Iterator[str]:
+    with live_server(create_app(settings, engine=tiny_engine, store=store)) as u:
         yield u
 
 
@@ -33,7 +35,7 @@ def test_key_lifecycle_through_the_admin_api(url: str) -> None:
     assert created["account"] == "acme" and created["tier"] == "trial"
 
     client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0)
-    assert client.chat.completions.create(**CHAT).choices[0].message.content == "Hello from the"
+    assert client.chat.completions.create(**CHAT).choices[0].message.content is not None
 
     accounts = httpx.get(url + "/admin/accounts", headers=ADMIN).json()["data"]
     assert [a["name"] for a in accounts] == ["acme"]
@@ -55,8 +57,6 @@ def test_events_listing(url: str, settings: Any) -> None:
     secret2 = httpx.post(url + "/admin/keys", json={"account": "other", "tier": "standard"}, headers=ADMIN).json()["secret"]
     for s in (secret, secret, secret2):
         openai.OpenAI(base_url=url + "/v1", api_key=s, max_retries=0).chat.completions.create(**CHAT)
-    import time
-
     deadline = time.time() + 5
     while len(httpx.get(url + "/admin/events", headers=ADMIN).json()["data"]) < 3:
         assert time.time() < deadline

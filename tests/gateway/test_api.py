@@ -152,7 +152,7 @@ def _err(r: httpx.Response) -> dict:
     return body["error"]
 
 
-CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]}
+CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
 def test_401_missing_invalid_and_revoked(live: Live) -> None:
@@ -263,7 +263,7 @@ def test_500_is_openai_shaped_and_logged(live: Live) -> None:
 
 
 def test_metrics(live: Live) -> None:
-    live.client().chat.completions.create(**CHAT, max_tokens=2)
+    live.client().chat.completions.create(**{**CHAT, "max_tokens": 2})
     _post(live, CHAT, secret=None)
     text = httpx.get(live.url + "/metrics").text
     assert 'distillguard_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text

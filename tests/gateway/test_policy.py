@@ -14,7 +14,6 @@ from distillguard.gateway.app import create_app
 from distillguard.gateway.policy import Decision, PolicyContext
 
 from .conftest import live_server
-from .fakes import FakeEngine
 
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -30,9 +29,9 @@ class Scripted:
 
 
 @pytest.fixture
-def env(settings: Any, store: Any) -> Iterator[tuple[str, Any, Any, str, FakeEngine]]:
+def env(settings: Any, store: Any, tiny_engine: Any) -> Iterator[tuple[str, Any, Any, str, Any]]:
     settings.limits.tiers["tiny"] = TierLimits(key_rpm=4, account_rpm=100, key_tpm=10_000, account_tpm=10_000, max_tokens=64)
-    engine = FakeEngine()
+    engine = tiny_engine
     app = create_app(settings, engine=engine, store=store)
     _, secret = store.create_key("acme", "tiny")
     with live_server(app) as url:
@@ -66,7 +65,8 @@ def test_context_carries_who_and_what(env: Any) -> None:
     assert _post(url, secret, CHAT).status_code == 200
     ctx = policy.seen[0]
     assert ctx.account.name == "acme" and ctx.tier == "tiny" and ctx.request == CHAT
-    assert ctx.prompt_tokens == 5 and ctx.user_agent == "t/1" and ctx.endpoint == "/v1/chat/completions"
+    assert ctx.prompt_tokens == ctx.engine.count_prompt_tokens(CHAT["messages"])
+    assert ctx.user_agent == "t/1" and ctx.endpoint == "/v1/chat/completions"
 
 
 def test_throttle_scales_limits(env: Any) -> None:
@@ -86,13 +86,21 @@ def test_degrade_strips_logprobs(env: Any) -> None:
 
 def test_logits_processors_reach_the_engine(env: Any) -> None:
     url, app, _, secret, engine = env
+    forced = engine.tokenizer.convert_tokens_to_ids("Paris")
+    seen: list[int] = []
 
-    def ban_nothing(ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        return logits
+    def only_paris(ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        seen.append(len(ids))
+        out = np.full_like(logits, -np.inf)
+        out[forced] = 0.0
+        return out
 
-    app.state.policy = Scripted(Decision("allow", [], logits_processors=[ban_nothing]))
-    assert _post(url, secret, CHAT).status_code == 200
-    assert engine.calls[-1].logits_processors == [ban_nothing]
+    app.state.policy = Scripted(Decision("allow", ["watermark"], logits_processors=[only_paris]))
+    r = _post(url, secret, {**CHAT, "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ParisParisParis"
+    assert len(seen) == 3  # called once per generated token, with the growing sequence
+    app.state.policy = Scripted(Decision())
+    assert _post(url, secret, {**CHAT, "max_tokens": 3}).json()["choices"][0]["message"]["content"] != "ParisParisParis"
 
 
 def test_decision_validates_action() -> None:

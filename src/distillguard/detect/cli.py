@@ -19,6 +19,9 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
 
 
 def _embedder(enabled: bool):
+    from distillguard.detect.config import DetectConfig
+
+    cfg = DetectConfig()
     if not enabled:
         typer.echo("embeddings off: topic and centroid signals are not computed", err=True)
         return None
@@ -26,7 +29,8 @@ def _embedder(enabled: bool):
     from distillguard.models import ModelNotInstalled
 
     try:
-        return MiniLMEmbedder()
+        return MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size,
+                              threads=cfg.embed_threads)
     except ModelNotInstalled as exc:
         raise _fail(f"{exc} (or pass --no-embeddings to run without topic signals)") from exc
 

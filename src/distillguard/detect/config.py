@@ -40,13 +40,15 @@ class DetectConfig(BaseModel):
     default_threshold: float = 0.9
     #: embed prompts with MiniLM (topic signals). Off only for fast tests; the product keeps it on
     embeddings: bool = True
-    #: MiniLM truncation: distillation prompts are recognisable from their first 128 tokens
-    embed_max_seq_length: int = 128
+    #: MiniLM truncation: a prompt's topic is clear from its first 64 tokens, and cost grows with length
+    embed_max_seq_length: int = 64
     embed_batch_size: int = 64
+    #: torch threads for embedding: one, so the worker never starves the serving path
+    embed_threads: int = 1
     #: prompts embedded per account: all of the first `embed_full_first`, then one in `embed_every`
     #: (bounded cost per event; the topic statistics are sample means and need no more)
-    embed_full_first: int = 128
-    embed_every: int = 4
+    embed_full_first: int = 48
+    embed_every: int = 8
     #: per-account bounded state
     template_slots: int = 16
     example_slots: int = 4

@@ -91,7 +91,7 @@ class CachedEmbedder:
 class MiniLMEmbedder(CachedEmbedder):
     """MiniLM-L6 sentence embeddings on CPU (the product embedder)."""
 
-    def __init__(self, max_seq_length: int = 128, batch_size: int = 64, threads: int | None = None,
+    def __init__(self, max_seq_length: int = 64, batch_size: int = 64, threads: int | None = 1,
                  cache_size: int = 50_000) -> None:
         super().__init__(dim=384, name="minilm-l6", cache_size=cache_size)
         import torch

@@ -86,8 +86,8 @@ class OnlineDetector:
             raise ValueError(f"threshold file was calibrated with embedder {calibration.get('embedder')!r} but "
                              f"this detector embeds with {embedder.name!r}; re-run `distillguard detect calibrate`")
         self.reasoning = reasoning or default_scorer()
-        self.minhash = MinHasher(num_perm=64, seed=cfg.seed)
-        self.template_index = TemplateIndex(num_perm=64)
+        self.minhash = MinHasher(num_perm=32, seed=cfg.seed)
+        self.template_index = TemplateIndex(num_perm=32)
         self.linker = Linker(max_shared=cfg.link_max_shared, min_weight=cfg.link_min_weight,
                              min_requests=cfg.link_min_requests)
         self.accounts: dict[str, AccountState] = {}
@@ -333,7 +333,8 @@ def build_detector(config: DetectConfig | None = None, *, threshold: float | Non
         if cfg.embeddings:
             from distillguard.detect.embed import MiniLMEmbedder
 
-            embedder = MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size)
+            embedder = MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size,
+                                      threads=cfg.embed_threads)
         else:
             embedder = None
     return OnlineDetector(cfg, embedder=embedder, threshold=threshold)  # type: ignore[arg-type]

@@ -47,34 +47,45 @@ def skeleton(text: str) -> str:
 EDGE = 500
 
 
-def shingles(text: str) -> set[str]:
-    """Shingles from where templates live: the head, the tail and the starts of lines."""
+def shingles(text: str) -> tuple[set[str], set[str]]:
+    """Shingles from where templates live: (head + line starts, tail + line starts). A template
+    fixes its head ("Solve step by step: {q}") or its tail ("{q} Let's think step by step"), so
+    the two sides are compared separately."""
     if len(text) > 2 * EDGE:  # template text sits at the edges; bounds the cost of long prompts
         text = text[:EDGE] + "\n" + text[-EDGE:]
     toks = skeleton_tokens(text)
-    out: set[str] = set()
+    lines: set[str] = set()
+    for line in text.lower().splitlines()[:MAX_LINES]:
+        lt = skeleton_tokens(line)[:2]
+        if lt:
+            lines.add("l:" + " ".join(lt))
+    sides = []
     for tag, part in (("h", toks[:HEAD]), ("t", toks[-TAIL:])):
+        out = set(lines)
         if len(part) < 3:
             out.update(f"{tag}1:{t}" for t in part)
         for i in range(len(part) - 2):
             out.add(f"{tag}:{part[i]} {part[i + 1]} {part[i + 2]}")
-    for line in text.lower().splitlines()[:MAX_LINES]:
-        lt = skeleton_tokens(line)[:2]
-        if lt:
-            out.add("l:" + " ".join(lt))
-    return out
+        sides.append(out)
+    return sides[0], sides[1]
 
 
 class MinHasher:
-    """Vectorised MinHash (same universal hashing family as datasketch) over string shingles."""
+    """Vectorised MinHash (same universal hashing family as datasketch) over string shingles.
+    ``signature`` of a (head, tail) pair is the two halves concatenated."""
 
-    def __init__(self, num_perm: int = 64, seed: int = 1) -> None:
+    def __init__(self, num_perm: int = 32, seed: int = 1) -> None:
         rng = np.random.RandomState(seed)
         self.num_perm = num_perm
         self.a = rng.randint(1, int(_MERSENNE), size=num_perm, dtype=np.uint64)
         self.b = rng.randint(0, int(_MERSENNE), size=num_perm, dtype=np.uint64)
 
-    def signature(self, items: set[str]) -> np.ndarray:
+    def signature(self, items: set[str] | tuple[set[str], set[str]]) -> np.ndarray:
+        if isinstance(items, tuple):
+            return np.concatenate([self._sig(side) for side in items])
+        return self._sig(items)
+
+    def _sig(self, items: set[str]) -> np.ndarray:
         if not items:
             return np.full(self.num_perm, _MAX32, dtype=np.uint64)
         hv = np.fromiter(
@@ -87,7 +98,10 @@ class MinHasher:
 
 
 def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
-    return float(np.mean(sig_a == sig_b))
+    """Template similarity of two (head, tail) signatures: the better-matching side."""
+    eq = sig_a == sig_b
+    h = len(eq) // 2
+    return float(max(eq[:h].mean(), eq[h:].mean()))
 
 
 def system_prompt(request: dict) -> str | None:
@@ -147,7 +161,9 @@ class TemplateTracker:
     def add(self, sig: np.ndarray, text: str) -> TemplateSlot:
         self.requests += 1
         if self.table:
-            sims = (self._sigs[: len(self.table)] == sig).mean(axis=1)
+            eq = self._sigs[: len(self.table)] == sig
+            h = eq.shape[1] // 2
+            sims = np.maximum(eq[:, :h].mean(axis=1), eq[:, h:].mean(axis=1))
             best = int(np.argmax(sims))
             if sims[best] >= self.threshold:
                 slot = self.table[best]
@@ -177,23 +193,26 @@ class TemplateTracker:
 
 
 class TemplateIndex:
-    """Global LSH index (datasketch) of templates established in some account."""
+    """Global LSH indexes (datasketch), one per side, of templates established in some account."""
 
-    def __init__(self, num_perm: int = 64, threshold: float = 0.55) -> None:
+    def __init__(self, num_perm: int = 32, threshold: float = 0.55) -> None:
         from datasketch import MinHashLSH
 
         self.num_perm = num_perm
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.sides = [MinHashLSH(threshold=threshold, num_perm=num_perm) for _ in range(2)]
         self._n = 0
 
     def add_and_query(self, account: str, sig: np.ndarray) -> tuple[str, list[str]]:
         """Insert an account's template; return its key and the other accounts that use it."""
         from datasketch import LeanMinHash, MinHash
 
-        mh = LeanMinHash(MinHash(num_perm=self.num_perm, hashvalues=sig.astype(np.uint64), scheme="legacy"))
-        others = {k.split("\x00", 1)[0] for k in self.lsh.query(mh)}
         key = f"{account}\x00{self._n}"
         self._n += 1
-        self.lsh.insert(key, mh)
+        others: set[str] = set()
+        for i, lsh in enumerate(self.sides):
+            part = sig[i * self.num_perm:(i + 1) * self.num_perm].astype(np.uint64)
+            mh = LeanMinHash(MinHash(num_perm=self.num_perm, hashvalues=part, scheme="legacy"))
+            others |= {k.split("\x00", 1)[0] for k in lsh.query(mh)}
+            lsh.insert(key, mh)
         others.discard(account)
         return key, sorted(others)

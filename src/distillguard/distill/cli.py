@@ -103,6 +103,8 @@ def quick_preset(cfg: DistillConfig) -> DistillConfig:
     if str(cfg.workdir) == "distill-run":
         data["workdir"] = Path("distill-quick")
     data["heldout_fraction"] = 0.15
+    # One llama.cpp thread: on a shared 2-core box a second one mostly waits at barriers.
+    data["teacher"]["n_threads"] = cfg.teacher.n_threads or 1
     data["collect"].update(max_prompts=40, max_tokens=48)
     data["train"].update(max_steps=24, batch_size=4, max_length=160, warmup_steps=4, save_every=8)
     data["eval"].update(max_prompts=8, generate_prompts=3, max_new_tokens=24)

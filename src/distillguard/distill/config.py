@@ -144,7 +144,6 @@ class TrainConfig(BaseModel):
     save_every: int = Field(50, ge=1)
     seed: int = 0
     threads: int = Field(2, ge=1)
-    log_every: int = 10
 
     def run_name(self) -> str:
         if self.name:

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from distillguard.distill.config import DistillConfig
 from distillguard.distill.data import DataError, collate, encode, prompt_ids, split_records
+from distillguard.distill.losses import kl
 from distillguard.distill.modelio import check_same_tokenizer, load_model, param_count, resolve_teacher_path
 
 
@@ -149,7 +150,7 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
                     nll_sum[name] += float(-logp.gather(-1, targets[:, None]).sum())
                     if t_logp is not None:
                         agree[name] += int((logp.argmax(-1) == t_logp.argmax(-1)).sum())
-                        kl_sum[name] += float((t_logp.exp() * (t_logp - logp)).sum())
+                        kl_sum[name] += float(kl(t_logp, logp).sum())
             bar.update(t_forced, advance=len(batch["input_ids"]))
 
         t_gen = bar.add_task("eval greedy answers", total=len(gen_recs) * len(loaded))

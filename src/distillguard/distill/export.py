@@ -152,7 +152,7 @@ def write_gguf(model: Any, tok: Any, hf_dir: Path, path: Path, dtype: str = "f16
             q = gguf.GGMLQuantizationType.Q8_0
             if dtype == "q4_1" and gname != "token_embd.weight":  # as in SmolLM2's own Q4_1 file
                 q = gguf.GGMLQuantizationType.Q4_1
-            w.add_tensor(gname, gguf.quants.quantize(arr, q), raw_shape=arr.shape, raw_dtype=q)
+            w.add_tensor(gname, gguf.quants.quantize(arr, q), raw_dtype=q)
         n += 1
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -69,14 +69,14 @@ def batch_loss(student: Any, teacher: Any, batch: dict[str, Any], cfg: DistillCo
     targets = batch["input_ids"][:, 1:][mask]
     ce = F.cross_entropy(s.float(), targets)
     if t.method == "sft":
-        return ce, {"ce": float(ce)}
+        return ce, {"ce": float(ce.detach())}
     if t.method == "logits":
         with torch.no_grad():
             tl = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
         kd = kd_loss(s, tl, t.loss, t.beta, t.temperature)
     else:
         kd = topk_kd_loss(s, batch["top_ids"], batch["top_logp"], batch["top_valid"], t.loss, t.beta)
-    return kd + t.ce_weight * ce, {"kd": float(kd), "ce": float(ce)}
+    return kd + t.ce_weight * ce, {"kd": float(kd.detach()), "ce": float(ce.detach())}
 
 
 def prepare(cfg: DistillConfig, tok: Any) -> tuple[list[Example], int]:
@@ -174,7 +174,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
                 batch = collate(batch_at(step * t.grad_accum + micro), tok.pad_token_id)
                 loss, parts = batch_loss(student, teacher, batch, cfg)
                 (loss / t.grad_accum).backward()
-                step_loss += float(loss) / t.grad_accum
+                step_loss += float(loss.detach()) / t.grad_accum
                 tokens += int(batch["attention_mask"].sum())
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             opt.step()

@@ -40,6 +40,8 @@ class LlamaCppEngine(LocalEngine):
         n_ctx: context length in tokens.
         n_threads: CPU threads for decoding and prompt processing (default: all cores).
         n_batch: prompt tokens evaluated per llama.cpp batch.
+        reuse_prefix: keep the KV cache of the longest prompt prefix shared with the previous
+            request (llama.cpp's prefix cache); False re-evaluates every prompt from scratch.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class LlamaCppEngine(LocalEngine):
         n_ctx: int = 2048,
         n_threads: int | None = None,
         n_batch: int = 512,
+        reuse_prefix: bool = True,
     ):
         super().__init__()
         from llama_cpp import Llama, llama_cpp
@@ -77,6 +80,7 @@ class LlamaCppEngine(LocalEngine):
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
         self.context_length = n_ctx
+        self.reuse_prefix = reuse_prefix
         self._llama_cpp = llama_cpp
         self._vocab = self.llm._model.vocab
         self._piece_cache: dict[int, bytes] = {}
@@ -115,22 +119,27 @@ class LlamaCppEngine(LocalEngine):
         llm = self.llm
         processors = params.logits_processors
         last: list[np.ndarray | None] = [None]
+        failed: list[BaseException] = []
         hooks = None
         if processors or want_scores:
 
             def head(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
                 # ``scores`` is a strided view into llama.cpp's candidate array (vocab order)
                 s = np.array(scores, dtype=np.float32)
-                if processors:
-                    s = apply_processors(processors, input_ids, s)
+                try:
+                    if processors:
+                        s = apply_processors(processors, input_ids, s)
+                except BaseException as exc:
+                    # an exception cannot cross the C callback (ctypes would print it and
+                    # sample from the unprocessed scores): keep it and raise it below
+                    failed.append(exc)
                 last[0] = s
                 return s
 
             hooks = LogitsProcessorList([head])
         llm.set_seed(seed & 0xFFFFFFFF)
-        # Evaluate the whole prompt every time (no KV prefix reuse) so that a seeded request
-        # gives the same text whatever ran before it.
-        llm.reset()
+        if not self.reuse_prefix:
+            llm.reset()
         steps = llm.generate(
             prompt_ids,
             top_k=0,
@@ -143,6 +152,8 @@ class LlamaCppEngine(LocalEngine):
         )
         try:
             for token in steps:
+                if failed:
+                    raise failed[0]
                 yield token, (last[0] if want_scores else None)
         finally:
             steps.close()

@@ -31,11 +31,16 @@ def validate(params: SamplingParams) -> None:
 def apply_processors(
     processors: Sequence[LogitsProcessor], input_ids: np.ndarray, scores: np.ndarray
 ) -> np.ndarray:
+    """Run the request's processors in order. A broken processor is a server bug, not a bad
+    request, so its errors (and wrong return values) surface as ordinary exceptions."""
+    shape = scores.shape
     for proc in processors:
         out = proc(input_ids, scores)
         if out is None:
-            raise EngineError(f"logits processor {proc!r} returned None; it must return the scores")
+            raise TypeError(f"logits processor {proc!r} returned None; it must return the scores")
         scores = np.asarray(out, dtype=np.float32)
+        if scores.shape != shape:
+            raise ValueError(f"logits processor {proc!r} returned shape {scores.shape}, expected {shape}")
     return scores
 
 

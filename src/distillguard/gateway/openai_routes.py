@@ -405,16 +405,17 @@ class Gateway:
             yield _sse_line(error.body())
             yield b"data: [DONE]\n\n"
         finally:
-            # Only synchronous work here: on a client disconnect this runs inside a cancelled scope.
-            if status != 200:
-                self._spawn(_aclose(chunks))  # stop generating for nobody
-            # cut short: the engine reported no usage, so count the prompt and the pieces sent
+            # Only synchronous work here: on a client disconnect this runs inside a cancelled
+            # scope (or from the generator's finaliser), where an await would not complete.
+            # Cut short, the engine reported no usage: count the prompt and the pieces sent.
             used_prompt = prompt_tokens if prompt_tokens is not None else ex.prompt_tokens
             used_completion = completion_tokens if completion_tokens is not None else pieces
-            self._settle(ex, used_prompt + used_completion)
             text = "\n".join("".join(t) for t in texts)
             reason = finish[0] if status == 200 else ("error" if error else "disconnected")
             self._log(ex, status, text, reason, used_prompt, used_completion)
+            self._settle(ex, used_prompt + used_completion)
+            if status != 200:
+                self._spawn(_aclose(chunks))  # stop generating for nobody
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 
@@ -434,7 +435,11 @@ class Gateway:
             self._spawn(pending)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:  # no loop any more (finaliser at shutdown): nothing left to do it
+            coro.close()
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -30,6 +30,8 @@ FINGERPRINT_SIZES = (8, 12)
 #: a window needs this many literal word tokens (not masks, not punctuation) to be a fingerprint:
 #: "<w> <n> ?" says nothing about a template
 MIN_LITERAL_WORDS = 4
+#: characters skeletonised at each end of a long prompt
+WINDOW_CHARS = 400
 
 _STIX_STR = r"'((?:[^'\\]|\\.)*)'"
 _IP_RE = re.compile(r"\[(ipv4-addr|ipv6-addr):value\s*=\s*" + _STIX_STR + r"\]")
@@ -72,12 +74,16 @@ def fingerprint_windows(text: str) -> list[tuple[str, int, str]]:
     literal template words. The hash input is ``"{scope}{k}:" + tokens joined by spaces``."""
     from distillguard.detect.templates import skeleton_tokens
 
-    toks = skeleton_tokens(text)
+    # only the ends matter: skeletonise at most WINDOW_CHARS from each end (long prompts stay cheap)
+    if len(text) <= 2 * WINDOW_CHARS:
+        head = tail = skeleton_tokens(text)
+    else:
+        head, tail = skeleton_tokens(text[:WINDOW_CHARS]), skeleton_tokens(text[-WINDOW_CHARS:])
     out = []
     for k in FINGERPRINT_SIZES:
-        if len(toks) < k:
+        if len(head) < k or len(tail) < k:
             continue
-        for scope, part in (("head", toks[:k]), ("tail", toks[-k:])):
+        for scope, part in (("head", head[:k]), ("tail", tail[-k:])):
             if _literal_words(part) < MIN_LITERAL_WORDS:
                 continue
             digest = hashlib.sha256(f"{scope}{k}:{' '.join(part)}".encode()).hexdigest()

@@ -51,6 +51,8 @@ ATLAS_ID = "AML.T0024.002"
 ATLAS_URL = "https://atlas.mitre.org/techniques/AML.T0024.002"
 MINHASH_PERM = 64
 MINHASH_SEED = 1234
+#: requests per cluster whose MinHash feeds the dominant-template signature
+MINHASH_SAMPLE = 400
 
 
 @dataclass
@@ -150,7 +152,7 @@ def build_bundle(verdicts: Iterable[dict[str, Any]], events: Iterable[Any], opti
         for scope, k, d in fps:
             g.fps[d] += 1
             g.fp_scope[d] = (scope, k)
-        if text:
+        if text and g.events <= MINHASH_SAMPLE:
             if g.tracker is None:
                 g.tracker = TemplateTracker(slots=16)
             g.tracker.add(hasher.signature(shingles(text)), text)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -45,19 +45,59 @@ def _error(status: int, message: str, code: str, param: str | None = None) -> Re
     return _json({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}, status)
 
 
-def build_router(board: RiskBoard, store: Any, *, policy: Any = None, dependencies: Sequence[Any] = (),
-                 verified_tier: str | None = "verified", policy_file: Any = None) -> APIRouter:
+class _Late:
+    """Resolves board / store / policy per call from ``app.state`` when the router is built before
+    the app's lifespan has created them."""
+
+    def __init__(self, state: Any, name: str) -> None:
+        self._state, self._name = state, name
+
+    def get(self) -> Any:
+        if self._name == "board":
+            board = getattr(getattr(self._state, "policy", None), "board", None)
+            if board is None:
+                raise HTTPException(503, "The risk policy is not running (policy.enabled is false or detection is off).")
+            return board
+        return getattr(self._state, self._name, None)
+
+
+def build_router(board: RiskBoard | None = None, store: Any = None, *, policy: Any = None, state: Any = None,
+                 dependencies: Sequence[Any] = (), verified_tier: str | None = "verified",
+                 policy_file: Any = None) -> APIRouter:
     """``dependencies``: e.g. ``[Depends(require_admin)]`` (the admin token check).
+    ``state``: instead of board/store/policy, read ``state.policy`` (a RiskPolicy), ``state.policy.board``
+    and ``state.store`` at request time (``app.state``, filled in the lifespan).
     ``verified_tier``: tier an account moves to when verified (None: tier unchanged)."""
     router = APIRouter(dependencies=list(dependencies), tags=["policy"])
+    if state is not None:
+        return _build(router, _Late(state, "board"), _Late(state, "store"), _Late(state, "policy"), verified_tier, policy_file)
+
+    class _Fixed:
+        def __init__(self, v: Any) -> None:
+            self.v = v
+
+        def get(self) -> Any:
+            return self.v
+
+    if board is None and policy is not None:
+        board = policy.board
+    if board is None or store is None:
+        raise ValueError("build_router needs board and store (or policy and store, or state=app.state)")
+    return _build(router, _Fixed(board), _Fixed(store), _Fixed(policy), verified_tier, policy_file)
+
+
+def _build(router: APIRouter, board_ref: Any, store_ref: Any, policy_ref: Any, verified_tier: str | None,
+           policy_file: Any) -> APIRouter:
 
     @router.get("/policy/flagged")
     async def flagged(min_risk: float | None = Query(None, ge=0.0, le=1.0)) -> Response:
+        board = board_ref.get()
         data = board.flagged(min_risk)
         return _json({"object": "list", "threshold": board.threshold, "data": data})
 
     @router.get("/policy/clusters")
     async def clusters() -> Response:
+        board = board_ref.get()
         return _json({"object": "list", "data": [{"cluster": k, **v} for k, v in sorted(board.clusters().items())]})
 
     @router.post("/policy/accounts/{name}/{action}")
@@ -65,6 +105,7 @@ def build_router(board: RiskBoard, store: Any, *, policy: Any = None, dependenci
         if action not in ACTIONS:
             return _error(404, f"unknown review action {action!r}; use one of {', '.join(ACTIONS)}", "unknown_action", "action")
         body = body or ReviewBody()
+        board, store = board_ref.get(), store_ref.get()
         try:
             acc = await run_in_threadpool(apply_review, store, name, action, by=body.by or "admin-api",
                                           note=body.note, board=board, verified_tier=verified_tier)
@@ -75,6 +116,7 @@ def build_router(board: RiskBoard, store: Any, *, policy: Any = None, dependenci
 
     @router.get("/policy/accounts/{name}/explain")
     async def explain(name: str) -> Response:
+        board, store = board_ref.get(), store_ref.get()
         last = board.last_decision(name)
         now = board.describe(name)
         if last is None and now["source"] == "none" and now["review"] == "none":
@@ -85,6 +127,8 @@ def build_router(board: RiskBoard, store: Any, *, policy: Any = None, dependenci
 
     @router.get("/policy/status")
     async def status() -> Response:
+        policy = policy_ref.get()
+        board = board_ref.get()
         if policy is None:
             return _json({"policy": None})
         cp = policy.compiled
@@ -98,10 +142,12 @@ def build_router(board: RiskBoard, store: Any, *, policy: Any = None, dependenci
             "reloads": policy.reloads,
             "reload_error": policy.reload_error,
             "board_last_refresh": board.last_refresh,
+            "decisions": [{"action": a, "rule": r, "count": n} for (a, r), n in sorted(policy.counts.items(), key=str)],
         })
 
     @router.post("/policy/reload")
     async def reload() -> Response:
+        policy = policy_ref.get()
         if policy is None:
             return _error(503, "no risk policy is running", "policy_disabled")
         if policy_file is not None:

@@ -181,3 +181,83 @@ def risk_at(lvl: float, threshold: float) -> float:
     if lvl < 1.0:
         return lvl * threshold
     return min(1.0, threshold + (lvl - 1.0) * (1.0 - threshold))
+
+
+#: A policy file (the server's config file, or a file of its own named by `policy.file`); edit it
+#: while the server runs: the change applies within `reload_interval_s`, a broken edit is refused
+#: (the running policy stays and /admin/policy/status shows the error).
+EXAMPLE_TOML = """
+[policy]
+# threshold = 0.93            # default: the detector's calibrated threshold
+default_action = "allow"
+
+[policy.throttle]              # limit_scale = max(floor, 1 - ((level - start) / (full - start)) ** power)
+start = 0.9
+full = 1.6
+power = 2.0
+floor = 0.05
+
+[policy.degrade]
+reasoning = "withhold"         # keep | withhold | summarise
+logprobs = "noise"             # keep | cap | noise | drop | refuse
+max_top_logprobs = 2
+noise_sigma = 0.7
+max_n = 1
+strong_watermark = true
+strong_watermark_delta = 4.0
+
+[policy.indicators]
+file = "distillguard-indicators.json"   # written by `distillguard intel import`
+ip_level = 1.0
+user_agent_level = 0.95
+template_level = 1.0
+
+# first match wins
+[[policy.rules]]
+name = "banned"
+review = ["banned"]
+action = "block"
+
+[[policy.rules]]
+name = "exempt"
+review = ["exempt"]
+action = "allow"
+
+[[policy.rules]]
+name = "verified-flagged"
+review = ["verified"]
+min_level = 1.5
+action = "degrade"
+
+[[policy.rules]]
+name = "verified"
+review = ["verified"]
+min_level = 0.9
+action = "throttle"
+
+[[policy.rules]]
+name = "verified-ok"
+review = ["verified"]
+action = "allow"
+
+[[policy.rules]]
+name = "high-confidence"
+min_level = 1.6
+action = "verify"
+
+[[policy.rules]]
+name = "trial-flagged"
+tiers = ["trial"]
+min_level = 1.0
+action = "verify"
+
+[[policy.rules]]
+name = "flagged"
+min_level = 1.0
+action = "degrade"
+
+[[policy.rules]]
+name = "elevated"
+min_level = 0.9
+action = "throttle"
+"""

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import tomllib
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,8 @@ class RiskPolicy:
         board.set_threshold(thr)
         self.reload_error: str | None = None
         self.reloads = 0
+        #: (action, rule) -> decisions made (for /admin/policy/status; cheap, approximate under threads)
+        self.counts: dict[tuple[str, str | None], int] = defaultdict(int)
         self._reloader: PolicyReloader | None = None
 
     # ------------------------------------------------------------------ the hook
@@ -172,6 +175,7 @@ class RiskPolicy:
                 d.reasons.append(f"default action {d.action} (no rule matched)")
                 self._finish(cp, d, ctx, lvl)
             board.record_decision(account, _record(ctx, d, eff, review.state, matches))
+            self.counts[(d.action, None)] += 1
             return d
 
         ind_level = 0.0
@@ -204,6 +208,7 @@ class RiskPolicy:
                          VERIFY_MESSAGE if action == "verify" else BLOCK_MESSAGE)
         self._finish(cp, d, ctx, eff_level)
         board.record_decision(account, _record(ctx, d, eff, review.state, matches))
+        self.counts[(d.action, d.rule)] += 1
         return d
 
     def _finish(self, cp: CompiledPolicy, d: RiskDecision, ctx: PolicyContext, lvl: float) -> None:
@@ -222,7 +227,8 @@ class RiskPolicy:
             d.degrade = plan
             d.strip_logprobs = plan.logprobs in ("drop", "refuse")
             d.reasons.append(f"degraded: {plan.describe()}")
-            if cp.strong_mark is not None:
+            # remote upstreams cannot run processors (the gateway would refuse the request): skip there
+            if cp.strong_mark is not None and getattr(ctx.engine, "supports_logits_processors", False):
                 req = ctx.request
                 t = req.get("temperature")
                 p = req.get("top_p")

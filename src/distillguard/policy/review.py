@@ -48,3 +48,67 @@ def apply_review(store: Store, name: str, action: str, *, by: str | None = None,
     if board is not None:
         board.set_review(name, review_from_flags(acc.flags))
     return acc
+
+
+# ---------------------------------------------------------------------- offline (CLI) views
+def policy_threshold(settings: Any) -> float:
+    """The threshold levels are anchored on: policy.threshold, else the detector's calibration
+    file, else the detection config's default."""
+    policy = getattr(settings, "policy", None)
+    if policy is not None and policy.threshold is not None:
+        return float(policy.threshold)
+    det = settings.detect
+    if det.threshold_file is not None:
+        from distillguard.detect.reference import load_calibration
+
+        return float(load_calibration(det.threshold_file)["threshold"])
+    return float(det.default_threshold)
+
+
+def board_from_store(settings: Any, store: Store) -> RiskBoard:
+    """A board filled from the store's account flags (what a server's board converges to)."""
+    board = RiskBoard(policy_threshold(settings))
+    board.refresh_from_store(store)
+    return board
+
+
+def last_logged_decision(store: Store, name: str, lookback_s: float = 7 * 86400.0) -> dict[str, Any] | None:
+    """The newest exchange event's decision for ``name`` (the exchange log records every one)."""
+    last = None
+    for since in (time.time() - lookback_s, None):
+        for ev in store.iter_events(since=since, account=name):
+            last = ev
+        if last is not None:
+            break
+    if last is None:
+        return None
+    d = last.decision
+    return {"ts": last.ts, "status": last.status, "endpoint": last.endpoint, "ip": last.ip,
+            "action": d.action if d else "allow", "reasons": list(d.reasons) if d else []}
+
+
+def explain_offline(settings: Any, store: Store, name: str) -> dict[str, Any]:
+    """For the CLI: the last logged decision, the state now, and what the policy would decide now
+    for a plain request from the account (no IP, user agent or prompt: indicators not consulted)."""
+    from distillguard.gateway.policy import PolicyContext
+    from distillguard.policy.config import PolicyConfig
+    from distillguard.policy.engine import RiskPolicy
+    from distillguard.store.base import KeyRecord
+
+    acc = store.get_account(name)
+    if acc is None:
+        raise StoreError(f"unknown account {name!r}")
+    board = board_from_store(settings, store)
+    cfg = getattr(settings, "policy", None) or PolicyConfig()
+    from distillguard.intel.indicators import IndicatorSet
+
+    policy = RiskPolicy(board, cfg, threshold=board.threshold, indicators=IndicatorSet())
+    ctx = PolicyContext(account=acc, key=KeyRecord("-", name, acc.tier, 0.0), tier=acc.tier,
+                        endpoint="/v1/chat/completions", request={}, prompt_tokens=0, ip=None, user_agent=None,
+                        ts=time.time(), engine=None)  # type: ignore[arg-type]
+    d = policy.decide(ctx)
+    return {"account": name, "tier": acc.tier, "threshold": board.threshold,
+            "last_logged_decision": last_logged_decision(store, name),
+            "now": board.describe(name),
+            "would_decide": {"action": d.action, "reasons": d.reasons, "limit_scale": d.limit_scale,
+                             "rule": d.rule}}

@@ -228,6 +228,167 @@ def _compact(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+# --- review (policy): flagged accounts, exempt / ban / unban / verify, explain -------------------
+# Review state is written to the account's flags; a running server's policy board re-reads them
+# within `policy.board_refresh_s` seconds.
+
+
+def _review(name: str, action: str, note: str | None, by: str | None, config: Path | None) -> None:
+    from distillguard.policy.review import apply_review
+
+    with _opened(config) as (settings, store):
+        _require_account(store, name)
+        verified_tier = "verified" if action == "verify" and "verified" in settings.limits.tiers else None
+        acc = apply_review(store, name, action, by=by or _whoami(), note=note, verified_tier=verified_tier)
+    state = {k: acc.flags[k] for k in ("banned", "exempt", "verified") if k in acc.flags}
+    typer.echo(f"{action}: account {acc.name} (tier {acc.tier}); review flags now: "
+               + (", ".join(sorted(state)) or "none") + " (a running server applies it within seconds)")
+
+
+def _whoami() -> str:
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
+
+
+NOTE_HELP = "Why (kept with the review flag, shown by `accounts explain`)."
+
+
+@accounts_app.command("flagged")
+def accounts_flagged(
+    min_risk: float | None = typer.Option(None, "--min-risk", help="List accounts at or above this risk (default: the policy threshold)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Flagged accounts (own risk or through their cluster) with evidence, cluster and review state."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from distillguard.policy.review import board_from_store
+
+    if min_risk is not None and not 0 <= min_risk <= 1:
+        _fail(f"--min-risk must be between 0 and 1 (got {min_risk})", 2)
+    with _opened(config) as (settings, store):
+        try:
+            board = board_from_store(settings, store)
+        except ValueError as exc:
+            _fail(str(exc), 2)
+    rows = board.flagged(min_risk)
+    if not rows:
+        typer.echo(f"no flagged accounts (threshold {board.threshold:.3f})", err=True)
+        return
+    table = Table(title=f"flagged accounts (threshold {board.threshold:.3f})")
+    for col in ("account", "risk", "effective", "cluster", "review", "evidence"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        ev = "; ".join(f"{e.get('signal')} {e.get('value')}" for e in r["evidence"][:3] if isinstance(e, dict))
+        cluster = r["cluster"] or ""
+        if cluster:
+            cluster += f" ({r['cluster_size']})" + (" flagged" if r["cluster_flagged"] else "")
+        eff = f"{r['effective_risk']:.3f}" + (f" via {r['inherited_from']}" if r["inherited_from"] else "")
+        table.add_row(r["account"], f"{r['risk']:.3f}", eff, cluster, r["review"], escape(ev))
+    _console().print(table)
+
+
+@accounts_app.command("exempt")
+def accounts_exempt(
+    name: str = typer.Argument(..., help="Account name."),
+    note: str | None = typer.Option(None, "--note", help=NOTE_HELP),
+    by: str | None = typer.Option(None, "--by", help="Reviewer (default: cli:<user>)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Allow-list an account: the policy always allows it (clears a ban)."""
+    _review(name, "exempt", note, by, config)
+
+
+@accounts_app.command("unexempt")
+def accounts_unexempt(
+    name: str = typer.Argument(..., help="Account name."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Remove an account from the allow-list."""
+    _review(name, "unexempt", None, None, config)
+
+
+@accounts_app.command("ban")
+def accounts_ban(
+    name: str = typer.Argument(..., help="Account name."),
+    note: str | None = typer.Option(None, "--note", help=NOTE_HELP),
+    by: str | None = typer.Option(None, "--by", help="Reviewer (default: cli:<user>)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Ban an account: every request gets 403 (clears an exemption)."""
+    _review(name, "ban", note, by, config)
+
+
+@accounts_app.command("unban")
+def accounts_unban(
+    name: str = typer.Argument(..., help="Account name."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Lift a ban."""
+    _review(name, "unban", None, None, config)
+
+
+@accounts_app.command("verify")
+def accounts_verify(
+    name: str = typer.Argument(..., help="Account name."),
+    note: str | None = typer.Option(None, "--note", help=NOTE_HELP),
+    by: str | None = typer.Option(None, "--by", help="Reviewer (default: cli:<user>)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Mark an account verified (moves it to the 'verified' tier when that tier is configured)."""
+    _review(name, "verify", note, by, config)
+
+
+@accounts_app.command("explain")
+def accounts_explain(
+    name: str = typer.Argument(..., help="Account name."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Explain the policy for an account: its last logged decision and what it would decide now."""
+    import json
+
+    from rich.markup import escape
+
+    from distillguard.policy.review import explain_offline
+
+    with _opened(config) as (settings, store):
+        _require_account(store, name)
+        try:
+            ex = explain_offline(settings, store, name)
+        except ValueError as exc:
+            _fail(str(exc), 2)
+    if json_out:
+        typer.echo(json.dumps(ex, indent=1, default=str))
+        return
+    c = _console()
+    now, last, would = ex["now"], ex["last_logged_decision"], ex["would_decide"]
+    c.print(f"[bold]account[/bold] {escape(name)}  tier {ex['tier']}  threshold {ex['threshold']:.3f}")
+    c.print(f"review    {now['review']}" + (f" by {escape(str(now['review_by']))}" if now["review_by"] else "")
+            + (f": {escape(str(now['review_note']))}" if now["review_note"] else ""))
+    c.print(f"risk      {now['risk']:.3f} own, {now['effective_risk']:.3f} effective"
+            + (f" (inherited from {escape(now['inherited_from'])})" if now["inherited_from"] else ""))
+    if now["cluster"]:
+        c.print(f"cluster   {escape(now['cluster'])} ({now['cluster_size']} accounts"
+                + (", flagged)" if now["cluster_flagged"] else ")"))
+    for e in now["evidence"][:5]:
+        if isinstance(e, dict):
+            c.print(f"  - {escape(str(e.get('signal')))} {e.get('value')}: {escape(str(e.get('detail', '')))}")
+    if last is None:
+        c.print("last logged decision: none (no requests logged)")
+    else:
+        c.print(f"last logged decision ({_when(last['ts'])}, status {last['status']}): [bold]{last['action']}[/bold]")
+        for r in last["reasons"]:
+            c.print(f"  - {escape(r)}")
+    c.print(f"policy now: [bold]{would['action']}[/bold]" + (f" (rate limits x{would['limit_scale']:.2f})" if would["limit_scale"] < 1 else ""))
+    for r in would["reasons"]:
+        c.print(f"  - {escape(r)}")
+
+
 # --- events -------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,168 @@
-"""CLI for distillguard.watermark (owned by that area)."""
+"""CLI for distillguard.watermark: detect watermarks, audit suspect models, make keys.
+
+Heavy imports (scipy, llama_cpp, transformers) live inside the commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+
+def _fail(msg: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {msg}", err=True)
+    return typer.Exit(code)
+
+
+def _setup(config: Path | None, key_file: Path | None, key_env: str | None):
+    """(WatermarkConfig, KeyRing) from the settings file plus command-line key options."""
+    from distillguard.config import ConfigError, load_settings
+    from distillguard.watermark.keys import WatermarkKeyError, load_key_ring
+
+    try:
+        cfg = load_settings(config).watermark
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if key_file is not None or key_env is not None:
+        kf, ke = key_file, key_env
+    else:
+        kf, ke = cfg.key_file, cfg.key_env
+    try:
+        ring = load_key_ring(kf, ke)
+        params = cfg.scheme_params()
+    except (WatermarkKeyError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    return cfg, ring, params
+
+
+KeyFile = Annotated[Optional[Path], typer.Option("--key-file", help="Secret file: one key per line, first is current.")]
+KeyEnv = Annotated[Optional[str], typer.Option("--key-env", help="Environment variable holding the key(s).")]
+Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="Settings TOML (scheme parameters).")]
+
+
+@app.command()
+def detect(
+    file: Annotated[str, typer.Argument(help="Text file, or - for stdin. With --events: an events JSONL.")] = "-",
+    key_file: KeyFile = None,
+    key_env: KeyEnv = None,
+    config: Config = None,
+    fpr: Annotated[float, typer.Option(help="False-positive rate for the verdict.")] = 1e-5,
+    events: Annotated[bool, typer.Option("--events", help="FILE is an events JSONL: test each response and all pooled.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Test a text (or every response of an events export) for the watermark; exact p-values."""
+    from distillguard.watermark.detect import DetectionInputError, Detector
+    from distillguard.watermark.tokenizer import load_tokenizer
+
+    if not 0 < fpr < 1:
+        raise _fail(f"--fpr must be in (0, 1), got {fpr}")
+    cfg, ring, params = _setup(config, key_file, key_env)
+    if file == "-":
+        raw = sys.stdin.read()
+    else:
+        p = Path(file)
+        if not p.is_file():
+            raise _fail(f"input file {p} does not exist (use - to read stdin)")
+        raw = p.read_text(encoding="utf-8", errors="replace")
+    try:
+        det = Detector(params, ring, load_tokenizer(cfg.tokenizer_path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+    try:
+        if not events:
+            result = det.detect_text(raw, fpr).to_dict()
+        else:
+            from distillguard.events import read_events
+
+            texts = [ev.response.text for ev in read_events(raw.splitlines()) if ev.response and ev.response.text]
+            if not texts:
+                raise _fail("no events with a response text in the input")
+            per_text = []
+            for i, t in enumerate(texts):
+                try:
+                    per_text.append({"index": i, **det.detect_text(t, fpr).to_dict()})
+                except DetectionInputError as exc:
+                    per_text.append({"index": i, "error": str(exc)})
+            result = {"pooled": det.detect_texts(texts, fpr).to_dict(), "texts": per_text}
+    except DetectionInputError as exc:
+        raise _fail(str(exc)) from None
+    _print(result, as_json)
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    main = result.get("pooled", result)
+    typer.echo(
+        f"{main['verdict']}: p = {main['p_value']:.3g} (fpr {main['fpr']:g}), "
+        f"{main['tokens_scored']} of {main['tokens']} tokens scored, score {main['score']:.2f}, "
+        f"key {main['key_id']} ({main['keys_tried']} tried), texts {main['texts']}"
+    )
+
+
+@app.command()
+def audit(
+    suspect: Annotated[str, typer.Option(help="HF model folder, .gguf file, or OpenAI-compatible base URL.")],
+    texts: Annotated[Path, typer.Option(help="Watermarked texts: events JSONL export or a text file.")],
+    mode: Annotated[str, typer.Option(help="open-weights | black-box | auto (URL → black-box).")] = "auto",
+    key_file: KeyFile = None,
+    key_env: KeyEnv = None,
+    config: Config = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use at most this many texts.")] = None,
+    filter_seen: Annotated[bool, typer.Option(help="Open weights: score only windows seen in the served outputs.")] = False,
+    reference: Annotated[Optional[Path], typer.Option(help="Unwatermarked reference model read the same way (control).")] = None,
+    control_keys: Annotated[int, typer.Option(help="Fresh random keys scored as a control.")] = 5,
+    model_name: Annotated[Optional[str], typer.Option(help="Black box: model id at the URL.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Black box: env var with the suspect API key.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Black box: tokens per answer.")] = 128,
+    fpr: Annotated[float, typer.Option(help="Verdict threshold.")] = 1e-5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Radioactivity: was SUSPECT trained on our watermarked texts? p-value plus a control."""
+    import os
+
+    from distillguard.watermark.audit import AuditError, audit_black_box, audit_open_weights, load_examples
+    from distillguard.watermark.tokenizer import load_tokenizer
+
+    cfg, ring, params = _setup(config, key_file, key_env)
+    if mode == "auto":
+        mode = "black-box" if suspect.startswith(("http://", "https://")) else "open-weights"
+    if mode not in ("open-weights", "black-box"):
+        raise _fail(f"--mode must be open-weights, black-box or auto, got {mode!r}")
+    try:
+        examples = load_examples(texts, limit)
+        tokenizer = load_tokenizer(cfg.tokenizer_path)
+        if mode == "open-weights":
+            if suspect.startswith(("http://", "https://")):
+                raise AuditError("open-weights mode needs a local model; a URL can only be audited in black-box mode")
+            res = audit_open_weights(suspect, examples, params, ring, tokenizer, filter_seen, control_keys, reference)
+        else:
+            api_key = os.environ.get(api_key_env) if api_key_env else None
+            res = audit_black_box(suspect, examples, params, ring, tokenizer, model_name, max_tokens,
+                                  control_keys=control_keys, api_key=api_key)
+    except (AuditError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    out = res.to_dict()
+    out["verdict"] = "radioactive" if res.p_value <= fpr else "not_detected"
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+    else:
+        ctrl = ", ".join(f"{p:.3g}" for p in res.control["random_key_p_values"])
+        typer.echo(f"{out['verdict']}: p = {res.p_value:.3g} over {res.tuples_scored} distinct tuples "
+                   f"from {res.texts} texts ({res.mode}); control (random keys): {ctrl}")
+
+
+@app.command("new-key")
+def new_key() -> None:
+    """Print a fresh random key (put it on the first line of the key file to rotate)."""
+    from distillguard.watermark.keys import new_secret
+
+    typer.echo(new_secret())

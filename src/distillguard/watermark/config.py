@@ -26,7 +26,7 @@ class WatermarkConfig(BaseModel):
     scheme: Literal["kgw", "gumbel"] = "kgw"
     #: share of the vocabulary that is green after each window (kgw)
     gamma: float = 0.25
-    #: logit bias added to green tokens (kgw)
+    #: logit bias added to green tokens of the tempered distribution (kgw)
     delta: float = 2.0
     #: tokens before a position that seed its green list / random draw (h)
     context_width: int = 1

@@ -4,7 +4,7 @@ Two families, both driven by the keyed uniform ``u(window, token)`` from ``hashi
 window is the ``h`` token ids before the position:
 
 * **Green list** (Kirchenbauer et al. 2023, "KGW"): token t is green after a window iff
-  ``u < gamma``; generation adds ``delta`` to green logits. Under H0 (text written without the key)
+  ``u < gamma``; generation adds ``delta`` to green logits (of the tempered distribution). Under H0 (text written without the key)
   each distinct (window, token) is green with probability gamma, so the green count of n distinct
   tuples is Binomial(n, gamma). ``self_seeding`` puts the candidate itself into the seed
   (min-hash "SelfHash"). ``entropy_threshold`` > 0 spends the bias only where the model is
@@ -126,6 +126,10 @@ class _GreenListProcessor:
     def __init__(self, wm: Watermark, temperature: float):
         self.wm = wm
         self.temperature = temperature if temperature > 0 else 1.0
+        # Engines divide by the temperature *after* processors run; scaling the bias by T makes
+        # delta the logit bias of the distribution actually sampled from (as in the KGW paper
+        # and transformers' WatermarkLogitsProcessor), whatever temperature a request uses.
+        self.bias = wm.params.delta * self.temperature
 
     def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
         p = self.wm.params
@@ -137,7 +141,7 @@ class _GreenListProcessor:
             if float(-(nz * np.log(nz)).sum()) < p.entropy_threshold:
                 return logits
         row = self.wm.uniform_row(input_ids[-p.context_width :], logits.shape[-1])
-        return np.where(row < p.gamma, logits + np.float32(p.delta), logits).astype(logits.dtype, copy=False)
+        return np.where(row < p.gamma, logits + np.float32(self.bias), logits).astype(logits.dtype, copy=False)
 
 
 class _GumbelProcessor:

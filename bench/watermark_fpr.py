@@ -1,0 +1,126 @@
+"""Empirical false-positive rate of watermark detection on unwatermarked text.
+
+Texts: overlapping windows (50 tokens, stride 10) of every document in ../shared/datasets
+(GSM8K questions + worked answers, HumanEval prompts + solutions, self-instruct tasks and
+outputs, MT-bench / Vicuna questions, NQ questions joined in groups of 10), plus whole
+unwatermarked SmolLM2 answers from the bench cache. Each window is tested on its own, with the
+bench key, exactly as `distillguard watermark detect` would. Overlapping windows are correlated,
+so the count of distinct documents is reported too; the expected number of false positives is
+windows x 1e-5 (an upper bound: the discrete binomial test is conservative).
+
+    nice -n 10 .venv/bin/python bench/watermark_fpr.py --min-texts 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from watermark_common import BENCH_SECRET, DATASETS, read_cache, write_result  # noqa: E402
+
+from distillguard.watermark.detect import p_value  # noqa: E402
+from distillguard.watermark.schemes import SchemeParams, Watermark  # noqa: E402
+from distillguard.watermark.tokenizer import load_tokenizer  # noqa: E402
+
+SCHEMES = {
+    "kgw_g25_h1": SchemeParams(gamma=0.25, delta=2.0),
+    "kgw_g25_h3_selfseed": SchemeParams(gamma=0.25, delta=2.0, context_width=3, self_seeding=True),
+    "gumbel_h1": SchemeParams(scheme="gumbel", context_width=1),
+    "gumbel_h2": SchemeParams(scheme="gumbel", context_width=2),
+}
+
+
+def documents() -> list[str]:
+    docs: list[str] = []
+
+    def rows(name: str):
+        p = DATASETS / name
+        return [json.loads(x) for x in open(p, encoding="utf-8")] if p.is_file() else []
+
+    docs += [r["question"] + "\n" + r["answer"] for r in rows("gsm8k_train.jsonl")]
+    docs += [r["prompt"] + r["canonical_solution"] for r in rows("humaneval.jsonl")]
+    for name in ("self_instruct_seed_tasks.jsonl", "self_instruct_user_oriented.jsonl"):
+        for r in rows(name):
+            parts = [r["instruction"]] + [x.get("input", "") + "\n" + x.get("output", "") for x in r.get("instances", [])]
+            docs.append("\n".join(parts))
+    for name in ("mt_bench_questions.jsonl", "vicuna_bench_questions.jsonl"):
+        docs += ["\n".join(r["turns"]) for r in rows(name)]
+    nq = [r["question"] for r in rows("nq_open_dev.jsonl")]
+    docs += ["? ".join(nq[i : i + 10]) for i in range(0, len(nq), 10)]
+    return docs
+
+
+def windows(ids: list[int], length: int, stride: int) -> list[list[int]]:
+    if len(ids) <= length:
+        return [ids] if len(ids) >= 20 else []
+    return [ids[i : i + length] for i in range(0, len(ids) - length + 1, stride)]
+
+
+def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True) -> np.ndarray:
+    wm = Watermark(params, BENCH_SECRET, cache_size=1)
+    h = params.context_width
+    memo: dict[tuple[int, ...], float] = {}
+    out = np.empty(len(wins))
+    for j, w in enumerate(wins):
+        seen: set[tuple[int, ...]] = set()
+        n, s = 0, 0.0
+        for i in range(h, len(w)):
+            tup = tuple(w[i - h : i + 1])
+            if dedup:
+                if tup in seen:
+                    continue
+                seen.add(tup)
+            v = memo.get(tup)
+            if v is None:
+                v = memo[tup] = wm.token_score(tup[:-1], tup[-1])
+            n += 1
+            s += v
+        out[j] = p_value(params, n, s)
+    return out
+
+
+def rates(ps: np.ndarray) -> dict:
+    return {f"p<{a:g}": {"count": int((ps < a).sum()), "rate": float((ps < a).mean()), "expected": float(a * len(ps))}
+            for a in (1e-2, 1e-3, 1e-4, 1e-5)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--min-texts", type=int, default=100_000)
+    ap.add_argument("--length", type=int, default=50)
+    ap.add_argument("--stride", type=int, default=10)
+    a = ap.parse_args()
+    from rich.progress import track
+    from scipy import stats
+
+    tok = load_tokenizer()
+    docs = documents()
+    wins: list[list[int]] = []
+    for d in track(docs, description="tokenising"):
+        wins += windows(tok.encode(d), a.length, a.stride)
+    answers = [tok.encode(r["text"]) for r in read_cache("wm_chat.jsonl") if r["config"] == "none"]
+    answers = [x for x in answers if len(x) >= 20]
+    if len(wins) < a.min_texts:
+        print(f"warning: only {len(wins)} windows (< {a.min_texts})", file=sys.stderr)
+    result: dict = {"texts": {"dataset_windows": len(wins), "documents": len(docs), "window_tokens": a.length,
+                              "stride": a.stride, "smollm2_answers": len(answers)}, "schemes": {}}
+    for name, params in SCHEMES.items():
+        ps = test_windows(params, wins)
+        entry = {"params": params.describe(), "dataset_windows": rates(ps),
+                 "ks_uniform_pvalue_first_5000": float(stats.kstest(ps[:: max(1, len(ps) // 5000)], "uniform").pvalue)}
+        if answers:
+            pa = test_windows(params, answers)
+            pa_nodedup = test_windows(params, answers, dedup=False)
+            entry["smollm2_answers"] = {"dedup": rates(pa), "no_dedup": rates(pa_nodedup), "n": len(answers)}
+        result["schemes"][name] = entry
+        print(name, json.dumps(entry["dataset_windows"]["p<1e-05"]), flush=True)
+    print("wrote", write_result("watermark_fpr", result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""Radioactivity audits: was a suspect model trained on our watermarked outputs?
+
+Sander et al. 2024 (arXiv 2402.14904): a student fine-tuned on watermarked text inherits a bias
+towards the tokens that were green (or had a high Gumbel draw) after each window.
+
+* **Open weights (reading mode).** Feed the watermarked texts (prompt + answer, chat template as
+  served) through the suspect; at every answer position take its top-1 next-token prediction and
+  score the tuple (window of actual text, predicted token). A model that never saw watermarked
+  text predicts green tokens at the null rate; a trained one, above it.
+* **Black box.** Query the suspect with the prompts and score its answers like any text.
+
+Tuples are deduplicated across all texts. A tuple the suspect could have *copied from its input*
+is skipped: its window occurs in the example's own prompt, or the same (window, token) already
+appeared earlier in the text; copying from the context is not evidence of training. As a control
+the very same tuples are scored under fresh random keys (what an unrelated key says), and
+optionally a reference model is read the same way under our key.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillguard.watermark.detect import p_value
+from distillguard.watermark.keys import KeyRing
+from distillguard.watermark.schemes import SchemeParams, Watermark
+
+
+class AuditError(ValueError):
+    """The audit cannot run (missing suspect, unreadable texts); the message says what to fix."""
+
+
+@dataclass
+class Example:
+    prompt: list[dict[str, Any]] | str  # chat messages, or raw prompt text ("" when unknown)
+    answer: str
+
+
+@dataclass
+class ScoredSet:
+    tuples: int
+    score: float
+    p_value: float
+
+
+@dataclass
+class AuditResult:
+    mode: str  # "open-weights" | "black-box"
+    suspect: str
+    texts: int
+    tuples_scored: int
+    score: float
+    p_value: float  # Bonferroni-corrected over the keys in the ring
+    key_id: str | None
+    control: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- reading the watermarked texts --------------------------------------------------------
+def load_examples(path: Path | str, limit: int | None = None) -> list[Example]:
+    """Events JSONL (prompt from the request, answer from response.text) or a plain text file
+    (texts separated by blank lines, no prompts)."""
+    p = Path(path)
+    if not p.is_file():
+        raise AuditError(f"texts file {p} does not exist: give an events JSONL export or a text file")
+    out: list[Example] = []
+    first = p.read_text(encoding="utf-8", errors="replace").lstrip()[:1]
+    if first == "{":
+        from distillguard.events import read_events
+
+        for ev in read_events(p):
+            text = ev.response.text if ev.response else ""
+            if not text:
+                continue
+            prompt: list[dict[str, Any]] | str = ev.messages() or ev.request.get("prompt") or ""
+            out.append(Example(prompt=prompt, answer=text))
+    else:
+        for block in p.read_text(encoding="utf-8").split("\n\n"):
+            if block.strip():
+                out.append(Example(prompt="", answer=block.strip()))
+    if not out:
+        raise AuditError(f"no texts found in {p}: events need response.text; text files need non-empty blocks")
+    return out[:limit] if limit else out
+
+
+def _prompt_text(prompt: list[dict[str, Any]] | str) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
+
+
+# -- scoring tuples -----------------------------------------------------------------------
+@dataclass
+class TupleSet:
+    """Distinct (window..., token) tuples to score, gathered once and scored under any key."""
+
+    h: int
+    tuples: list[tuple[int, ...]] = field(default_factory=list)
+    _seen: set[tuple[int, ...]] = field(default_factory=set)
+
+    def add(self, tup: tuple[int, ...]) -> None:
+        if tup not in self._seen:
+            self._seen.add(tup)
+            self.tuples.append(tup)
+
+    def score(self, params: SchemeParams, secret: bytes) -> ScoredSet:
+        wm = Watermark(params, secret, cache_size=1)
+        s = float(sum(wm.token_score(t[:-1], t[-1]) for t in self.tuples))
+        return ScoredSet(len(self.tuples), s, p_value(params, len(self.tuples), s))
+
+
+def _ngrams(ids: Sequence[int], n: int) -> set[tuple[int, ...]]:
+    return {tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)}
+
+
+def reading_tuples(
+    answer_ids: Sequence[int],
+    predictions: Sequence[int],
+    prompt_ids: Sequence[int],
+    h: int,
+    into: TupleSet,
+    allowed_windows: set[tuple[int, ...]] | None = None,
+) -> None:
+    """Tuples (window of the answer, suspect's top-1 prediction) for one text.
+
+    ``predictions[i]`` is the suspect's prediction for answer position i given everything before.
+    """
+    prompt_windows = _ngrams(prompt_ids, h)
+    actual: set[tuple[int, ...]] = set()
+    for i in range(h, len(answer_ids)):
+        window = tuple(int(x) for x in answer_ids[i - h : i])
+        tup = window + (int(predictions[i]),)
+        copyable = window in prompt_windows or tup in actual
+        actual.add(window + (int(answer_ids[i]),))
+        if copyable or (allowed_windows is not None and window not in allowed_windows):
+            continue
+        into.add(tup)
+
+
+def text_tuples(ids: Sequence[int], prompt_ids: Sequence[int], h: int, into: TupleSet) -> None:
+    """Tuples of a generated text (black-box mode), minus those copyable from the prompt."""
+    prompt_grams = _ngrams(prompt_ids, h + 1)
+    for i in range(h, len(ids)):
+        tup = tuple(int(x) for x in ids[i - h : i + 1])
+        if tup not in prompt_grams:
+            into.add(tup)
+
+
+def _conclude(
+    mode: str, suspect: str, texts: int, tset: TupleSet, params: SchemeParams, keys: KeyRing,
+    control_keys: int, started: float, reference: ScoredSet | None = None,
+) -> AuditResult:
+    best: tuple[ScoredSet, str] | None = None
+    for k in keys.keys:
+        s = tset.score(params, k.secret)
+        if best is None or s.p_value < best[0].p_value:
+            best = (s, k.key_id)
+    assert best is not None
+    controls = [tset.score(params, secrets.token_bytes(32)).p_value for _ in range(control_keys)]
+    control: dict[str, Any] = {
+        "description": f"the same {len(tset.tuples)} tuples scored under {control_keys} fresh random key(s)",
+        "random_key_p_values": controls,
+    }
+    if reference is not None:
+        control["reference_model"] = asdict(reference)
+    return AuditResult(
+        mode=mode, suspect=suspect, texts=texts, tuples_scored=best[0].tuples, score=best[0].score,
+        p_value=min(1.0, best[0].p_value * len(keys)), key_id=best[1] if best[0].tuples else None,
+        control=control, seconds=time.time() - started,
+    )
+
+
+# -- open weights ---------------------------------------------------------------------------
+def load_suspect(path: Path | str) -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF folder or a GGUF file, via transformers, float32."""
+    p = Path(path)
+    if not p.exists():
+        raise AuditError(f"suspect model {p} does not exist: give an HF model folder, a .gguf file, or an http(s) URL")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    folder = p
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise AuditError(f"{p} is a file but not a .gguf: give a .gguf file or an HF model folder")
+        folder, kwargs["gguf_file"] = p.parent, p.name
+    elif not (p / "config.json").is_file():
+        raise AuditError(f"{p} has no config.json: it is not a transformers model folder")
+    tok = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs).eval()
+    return model, tok
+
+
+def _encode_example(tok: Any, ex: Example) -> tuple[list[int], list[int]]:
+    """(prompt ids incl. the chat template's assistant header, answer ids)."""
+    if isinstance(ex.prompt, list) and ex.prompt and getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(ex.prompt, add_generation_prompt=True, tokenize=False)
+        prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tok(_prompt_text(ex.prompt), add_special_tokens=False)["input_ids"] if ex.prompt else []
+    answer_ids = tok(ex.answer, add_special_tokens=False)["input_ids"]
+    return list(prompt_ids), list(answer_ids)
+
+
+def read_predictions(model: Any, prompt_ids: list[int], answer_ids: list[int], max_len: int = 1024) -> list[int]:
+    """Suspect's top-1 prediction for each answer position (index i predicts answer_ids[i])."""
+    import torch
+
+    ids = (prompt_ids + answer_ids)[:max_len]
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    top1 = logits.argmax(-1).tolist()
+    start = len(prompt_ids)
+    # position start+i is predicted by logits at start+i-1; answer position 0 needs prompt context
+    preds = [top1[start + i - 1] if start + i - 1 >= 0 else -1 for i in range(len(ids) - start)]
+    return preds
+
+
+def check_tokenizer(tok: Any, reference_tokenizer: Any | None) -> None:
+    if reference_tokenizer is None:
+        return
+    probe = "Watermark audit probe: the quick brown fox, 1234 — naïve café."
+    if list(tok(probe, add_special_tokens=False)["input_ids"]) != list(reference_tokenizer.encode(probe)):
+        raise AuditError(
+            "the suspect's tokenizer differs from the watermarking model's: reading mode needs the same "
+            "token ids; audit it in black-box mode (--mode black-box) instead"
+        )
+
+
+def audit_open_weights(
+    suspect: Path | str,
+    examples: list[Example],
+    params: SchemeParams,
+    keys: KeyRing,
+    reference_tokenizer: Any | None = None,
+    filter_seen: bool = False,
+    control_keys: int = 5,
+    reference_model: Path | str | None = None,
+    progress: bool = True,
+) -> AuditResult:
+    started = time.time()
+    model, tok = load_suspect(suspect)
+    check_tokenizer(tok, reference_tokenizer)
+    encoded = [_encode_example(tok, ex) for ex in examples]
+    allowed = None
+    if filter_seen:
+        allowed = set().union(*(_ngrams(a, params.context_width) for _, a in encoded))
+    tset = _read_all(model, encoded, params.context_width, allowed, progress, "reading suspect")
+    reference = None
+    if reference_model is not None:
+        ref_model, ref_tok = load_suspect(reference_model)
+        check_tokenizer(ref_tok, reference_tokenizer)
+        rset = _read_all(ref_model, encoded, params.context_width, allowed, progress, "reading reference")
+        best = min((rset.score(params, k.secret) for k in keys.keys), key=lambda s: s.p_value)
+        reference = ScoredSet(best.tuples, best.score, min(1.0, best.p_value * len(keys)))
+    return _conclude("open-weights", str(suspect), len(examples), tset, params, keys, control_keys, started, reference)
+
+
+def _read_all(model: Any, encoded: list[tuple[list[int], list[int]]], h: int,
+              allowed: set[tuple[int, ...]] | None, progress: bool, label: str) -> TupleSet:
+    from rich.progress import track
+
+    tset = TupleSet(h)
+    it = track(encoded, description=label, transient=True) if progress else encoded
+    for prompt_ids, answer_ids in it:
+        if len(answer_ids) <= h:
+            continue
+        preds = read_predictions(model, prompt_ids, answer_ids)
+        n = len(preds)
+        reading_tuples(answer_ids[:n], preds, prompt_ids, h, tset, allowed)
+    return tset
+
+
+# -- black box -----------------------------------------------------------------------------
+def audit_black_box(
+    suspect: str,
+    examples: list[Example],
+    params: SchemeParams,
+    keys: KeyRing,
+    tokenizer: Any,
+    model_name: str | None = None,
+    max_tokens: int = 128,
+    temperature: float = 0.7,
+    control_keys: int = 5,
+    api_key: str | None = None,
+    progress: bool = True,
+) -> AuditResult:
+    """Query ``suspect`` (OpenAI-compatible base URL, or a local model path) with each prompt."""
+    from rich.progress import track
+
+    started = time.time()
+    prompted = [ex for ex in examples if ex.prompt]
+    if not prompted:
+        raise AuditError("black-box mode needs prompts: give an events export (requests carry the prompts)")
+    if suspect.startswith(("http://", "https://")):
+        answer = _remote_answerer(suspect, model_name, max_tokens, temperature, api_key)
+    else:
+        answer = _local_answerer(suspect, max_tokens, temperature)
+    tset = TupleSet(params.context_width)
+    it = track(prompted, description="querying suspect", transient=True) if progress else prompted
+    for ex in it:
+        msgs = ex.prompt if isinstance(ex.prompt, list) else [{"role": "user", "content": ex.prompt}]
+        text = answer(msgs)
+        text_tuples(tokenizer.encode(text), tokenizer.encode(_prompt_text(ex.prompt)), params.context_width, tset)
+    return _conclude("black-box", suspect, len(prompted), tset, params, keys, control_keys, started)
+
+
+def _remote_answerer(url: str, model_name: str | None, max_tokens: int, temperature: float, api_key: str | None):
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key=api_key or "none", max_retries=2)
+    name = model_name
+    if name is None:
+        try:
+            name = client.models.list().data[0].id
+        except Exception as exc:  # noqa: BLE001 - any failure here means: tell us the model
+            raise AuditError(f"could not list models at {url} ({exc}); pass --model-name") from exc
+
+    def answer(msgs: list[dict[str, Any]]) -> str:
+        try:
+            r = client.chat.completions.create(model=name, messages=msgs, max_tokens=max_tokens,
+                                               temperature=temperature)
+        except openai.APIError as exc:
+            raise AuditError(f"the suspect at {url} answered with an error: {exc}") from exc
+        return "".join(c.message.content or "" for c in r.choices)
+
+    return answer
+
+
+def _local_answerer(path: str, max_tokens: int, temperature: float):
+    from distillguard.engines.base import SamplingParams
+    from distillguard.engines.hf import HFEngine
+
+    if not Path(path).exists():
+        raise AuditError(f"suspect model {path} does not exist: give an HF model folder, a .gguf file, or a URL")
+    engine = HFEngine(path)
+    counter = iter(range(1 << 30))
+
+    def answer(msgs: list[dict[str, Any]]) -> str:
+        r = engine.generate_sync(msgs, SamplingParams(max_tokens=max_tokens, temperature=temperature,
+                                                      seed=next(counter)))
+        return r.choices[0].text
+
+    return answer
+
+
+def uniformity(p_values: Sequence[float]) -> float:
+    """KS-test p-value of the null hypothesis that ``p_values`` are Uniform(0, 1)."""
+    from scipy import stats
+
+    return float(stats.kstest(np.asarray(p_values), "uniform").pvalue)

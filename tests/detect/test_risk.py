@@ -1,0 +1,28 @@
+from distillguard.detect.config import RiskWeights
+from distillguard.detect.risk import Signal, combine
+
+
+def test_risk_is_monotone_in_signals_and_in_evidence_amount():
+    w = RiskWeights()
+    lo, _ = combine([Signal("reasoning_elicitation", 0.2, ""), Signal("template_reuse", 0.2, "")], w, 100, 25)
+    hi, _ = combine([Signal("reasoning_elicitation", 0.9, ""), Signal("template_reuse", 0.9, "")], w, 100, 25)
+    few, _ = combine([Signal("reasoning_elicitation", 0.9, ""), Signal("template_reuse", 0.9, "")], w, 3, 25)
+    assert 0.0 <= lo < hi <= 1.0
+    assert few < hi
+
+
+def test_intent_with_scale_beats_either_alone():
+    w = RiskWeights()
+    both, _ = combine([Signal("reasoning_elicitation", 1.0, ""), Signal("template_reuse", 1.0, "")], w, 200, 25)
+    intent, _ = combine([Signal("reasoning_elicitation", 1.0, ""), Signal("template_reuse", 0.0, "")], w, 200, 25)
+    scale, _ = combine([Signal("reasoning_elicitation", 0.0, ""), Signal("template_reuse", 1.0, "")], w, 200, 25)
+    assert both > intent and both > scale
+
+
+def test_evidence_is_ordered_by_contribution():
+    w = RiskWeights()
+    _, ordered = combine([Signal("single_turn", 1.0, "a"), Signal("reasoning_elicitation", 0.8, "b"),
+                          Signal("harvesting", 0.0, "c")], w, 50, 25)
+    assert [s.name for s in ordered] == ["reasoning_elicitation", "single_turn", "harvesting"]
+    ev = ordered[0].as_evidence()
+    assert set(ev) == {"signal", "value", "detail"} and 0 <= ev["value"] <= 1

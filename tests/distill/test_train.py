@@ -1,0 +1,87 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from distillguard.distill import train as train_mod
+from distillguard.distill.collect import load_records
+from distillguard.distill.data import DataError, collate, make_batches
+from distillguard.distill.modelio import TokenizerMismatch, load_model
+from distillguard.distill.train import batch_loss, prepare, train
+
+
+def _mean_loss(cfg, model_path):
+    student, tok = load_model(model_path)
+    teacher = load_model(cfg.teacher.model_path)[0] if cfg.train.method == "logits" else None
+    examples, _ = prepare(cfg, tok)
+    with torch.no_grad():
+        losses = [float(batch_loss(student, teacher, collate([examples[i] for i in b], tok.pad_token_id), cfg)[0])
+                  for b in make_batches(examples, 4)]
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("method,loss", [("logits", "forward_kl"), ("sft", "forward_kl"), ("topk", "jsd")])
+def test_short_run_lowers_loss(run_cfg, method, loss):
+    run_cfg.train.method, run_cfg.train.loss = method, loss
+    run_cfg.train.learning_rate, run_cfg.train.max_steps = 3e-3, 6
+    before = _mean_loss(run_cfg, run_cfg.student_init_path())
+    s = train(run_cfg, progress=False)
+    after = _mean_loss(run_cfg, s.output)
+    assert s.steps == 6 and (s.output / "model.safetensors").is_file()
+    assert after < before, (before, after)
+    assert json.loads((s.output / "distill_train.json").read_text())["method"] == method
+
+
+def test_resume_from_checkpoint(run_cfg, monkeypatch):
+    run_cfg.train.method, run_cfg.train.max_steps, run_cfg.train.save_every = "sft", 4, 2
+    calls = {"n": 0}
+    real = train_mod.batch_loss
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # die during step 4, after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "batch_loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(run_cfg, progress=False)
+    ckpt = run_cfg.train_output() / "checkpoint"
+    assert (ckpt / "trainer_state.pt").is_file()
+    monkeypatch.setattr(train_mod, "batch_loss", real)
+    s = train(run_cfg, progress=False)
+    assert s.resumed_from == 2 and s.steps == 4
+    assert not ckpt.exists()
+    steps = [json.loads(x)["step"] for x in (s.output / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 3, 4]  # step 3 is redone from the step-2 checkpoint
+    # finished: a rerun does nothing
+    assert train(run_cfg, progress=False).resumed_from == 2
+
+
+def test_tokenizer_mismatch_names_sequence_kd(run_cfg, tmp_path):
+    other = tmp_path / "other-student"
+    shutil.copytree(run_cfg.student_init_path(), other)
+    model, tok = load_model(other)
+    tok.add_tokens(["<brand-new-token>"])
+    tok.save_pretrained(other)
+    run_cfg.train.method, run_cfg.train.student = "logits", other
+    with pytest.raises(TokenizerMismatch, match=r"sequence-level KD.*method = 'sft'"):
+        train(run_cfg, progress=False)
+
+
+def test_topk_needs_logprobs(run_cfg, tmp_path):
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({**r, "logprobs": None}) + "\n" for r in load_records(run_cfg.dataset_path())))
+    run_cfg.collect.output, run_cfg.train.method = plain, "topk"
+    with pytest.raises(DataError, match="top_logprobs"):
+        train(run_cfg, progress=False)
+
+
+def test_logits_needs_local_teacher(run_cfg):
+    from distillguard.distill.config import TeacherConfig
+
+    run_cfg.teacher = TeacherConfig(kind="openai", url="http://127.0.0.1:9/v1")
+    run_cfg.train.method = "logits"
+    with pytest.raises(DataError, match="local teacher"):
+        train(run_cfg, progress=False)

@@ -1,0 +1,91 @@
+"""RiskPolicy inside the real gateway app (a tiny in-test engine): verify/block answer 403 with
+the policy's message, degrade strips logprobs, and the decision with its reasons reaches the
+exchange log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from distillguard.config import Settings
+from distillguard.engines.base import Choice, Engine, GenerationResult, SamplingParams, StreamChunk, TokenLogprob
+from distillguard.gateway.app import create_app
+from distillguard.policy.config import PolicyConfig, risk_at
+from distillguard.policy.engine import RiskPolicy
+from distillguard.policy.state import Review, RiskBoard
+from distillguard.store.sql import SqlStore
+
+
+class TinyEngine(Engine):
+    model_name = "smollm2"
+    supports_logprobs = True
+    supports_logits_processors = True
+
+    def count_prompt_tokens(self, prompt) -> int:  # noqa: ANN001
+        return 5
+
+    async def generate(self, prompt, params: SamplingParams) -> GenerationResult:  # noqa: ANN001
+        lps = [TokenLogprob("ok", -0.1, [("ok", -0.1), ("no", -2.0)][: params.top_logprobs])] if params.logprobs else None
+        return GenerationResult([Choice("ok", "stop", logprobs=lps) for _ in range(params.n)], 5, params.n)
+
+    async def stream(self, prompt, params: SamplingParams) -> AsyncIterator[StreamChunk]:  # noqa: ANN001
+        yield StreamChunk(0, "ok", "stop", prompt_tokens=5, completion_tokens=1)
+
+
+THR = 0.9
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    settings = Settings()
+    settings.store.url = f"sqlite:///{tmp_path / 'gw.db'}"
+    settings.store.flush_interval_s = 0.05
+    store = SqlStore(settings.store.url)
+    board = RiskBoard(THR)
+    cfg = PolicyConfig()
+    cfg.indicators.file = tmp_path / "ind.json"
+    policy = RiskPolicy(board, cfg, threshold=THR)
+    app = create_app(settings, engine=TinyEngine(), store=store, policy=policy)
+    secrets = {name: store.create_key(name, "standard")[1] for name in ("good", "flagged", "certain", "banned")}
+    with TestClient(app) as client:
+        yield client, store, board, secrets
+    store.close()
+
+
+def chat(client: TestClient, secret: str, **extra):  # noqa: ANN003
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
+    return client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
+
+
+def test_policy_in_the_gateway(setup) -> None:  # noqa: ANN001
+    client, store, board, secrets = setup
+    board.set_risk("flagged", risk_at(1.2, THR), evidence=[{"signal": "harvesting", "value": 0.9, "detail": "logprobs"}])
+    board.set_risk("certain", risk_at(1.9, THR))
+    board.set_review("banned", Review("banned", by="ops"))
+
+    r = chat(client, secrets["good"], logprobs=True, top_logprobs=2)
+    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is not None
+
+    r = chat(client, secrets["flagged"], logprobs=True, top_logprobs=2)
+    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None  # today's gateway: degrade strips
+
+    r = chat(client, secrets["certain"])
+    assert r.status_code == 403 and r.json()["error"]["code"] == "verification_required"
+    assert "verify your organisation" in r.json()["error"]["message"]
+
+    r = chat(client, secrets["banned"])
+    assert r.status_code == 403 and r.json()["error"]["code"] == "account_blocked"
+
+    deadline = time.time() + 5
+    while store.count_events() < 4:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    decisions = {ev.account: ev.decision for ev in store.iter_events()}
+    assert decisions["good"].action == "allow"
+    assert decisions["flagged"].action == "degrade"
+    assert decisions["flagged"].reasons[0] == f"risk {risk_at(1.2, THR):.2f} ≥ 0.90 (harvesting)"
+    assert decisions["certain"].action == "verify" and decisions["banned"].action == "block"

@@ -1,0 +1,117 @@
+"""Watermarks through the real engines (tiny random model) and the radioactivity audit."""
+
+import json
+
+import numpy as np
+import pytest
+
+from distillguard.engines.base import SamplingParams
+from distillguard.watermark.audit import (
+    Example,
+    TupleSet,
+    audit_open_weights,
+    load_examples,
+    reading_tuples,
+)
+from distillguard.watermark.detect import Detector
+from distillguard.watermark.keys import KeyRing
+from distillguard.watermark.schemes import SchemeParams, Watermark
+
+SECRET = b"engine-test-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from distillguard.engines.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("wm") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    from distillguard.engines.hf import HFEngine
+
+    return HFEngine(tiny)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("params", [SchemeParams(delta=4.0), SchemeParams(scheme="gumbel")], ids=["kgw", "gumbel"])
+def test_tiny_model_generation_is_detected(engine, params):
+    msgs = [{"role": "user", "content": "Say something."}]
+    wm = Watermark(params, SECRET)
+    sp = dict(max_tokens=100, temperature=1.0, seed=3)
+    marked = engine.generate_sync(msgs, SamplingParams(**sp, logits_processors=[wm.processor(1.0)])).choices[0]
+    plain = engine.generate_sync(msgs, SamplingParams(**sp)).choices[0]
+    det = Detector(params, KeyRing.from_secret(SECRET))
+    assert len(marked.token_ids) >= 80
+    assert det.detect_ids([marked.token_ids]).p_value < 1e-3
+    assert det.detect_ids([plain.token_ids]).p_value > 1e-3
+    assert Detector(params, KeyRing.from_secret(b"x" * 24)).detect_ids([marked.token_ids]).p_value > 1e-3
+
+
+def test_reading_tuples_skip_copyable_windows():
+    ts = TupleSet(1)
+    answer = [5, 6, 7, 5, 6]
+    preds = [0, 9, 9, 9, 6]  # at position 4 the suspect predicts 6 after 5, which it saw at 0-1
+    reading_tuples(answer, preds, prompt_ids=[7], h=1, into=ts)
+    # positions: 1 (5,9) kept; 2 (6,9) kept; 3 window 7 is in the prompt -> skipped; 4 (5,6) copyable
+    assert ts.tuples == [(5, 9), (6, 9)]
+
+
+def test_load_examples_from_events_and_text(tmp_path):
+    ev = tmp_path / "e.jsonl"
+    ev.write_text(json.dumps({"ts": 1, "account": "a", "request": {"messages": [{"role": "user", "content": "hi"}]},
+                              "response": {"text": "hello there"}}) + "\n")
+    ex = load_examples(ev)
+    assert ex[0].answer == "hello there" and ex[0].prompt[0]["content"] == "hi"
+    tf = tmp_path / "t.txt"
+    tf.write_text("first text\n\nsecond text\n")
+    assert [e.answer for e in load_examples(tf)] == ["first text", "second text"]
+    with pytest.raises(ValueError, match="does not exist"):
+        load_examples(tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine, tmp_path):
+    """Reading mode: the tiny model before (H0) and after a short fit on watermarked text."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    params = SchemeParams(gamma=0.25, delta=4.0)
+    ring = KeyRing.from_secret(SECRET)
+    wm = Watermark(params, SECRET)
+    rng = np.random.default_rng(0)
+    # watermarked "answers" over a small vocabulary slice, so a tiny model can learn the bias fast
+    vocab = np.arange(1000, 1200)
+    texts = []
+    for _ in range(40):
+        ids = [int(rng.choice(vocab))]
+        for _ in range(60):
+            logits = np.full(49152, -np.inf, dtype=np.float32)
+            logits[vocab] = 0.0
+            out = wm.processor(1.0)(np.array(ids), logits).astype(np.float64)
+            p = np.exp(out - out[vocab].max())
+            p /= p.sum()
+            ids.append(int(rng.choice(49152, p=p)))
+        texts.append(ids)
+    tok = engine.tokenizer
+    examples = [Example(prompt="", answer=tok.decode(t)) for t in texts]
+    before = audit_open_weights(tiny, examples, params, ring, control_keys=3, progress=False)
+    assert before.tuples_scored > 100
+    assert before.p_value > 1e-3
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    enc = [tok(e.answer, add_special_tokens=False)["input_ids"] for e in examples]
+    model.train()
+    for step in range(60):
+        batch = torch.tensor([enc[(step * 4 + j) % len(enc)][:50] for j in range(4)])
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(tmp_path / "student")
+    tok.save_pretrained(tmp_path / "student")
+    after = audit_open_weights(tmp_path / "student", examples, params, ring, control_keys=3, progress=False)
+    assert after.p_value < 1e-4, after
+    assert min(after.control["random_key_p_values"]) > 1e-4
