@@ -1,6 +1,6 @@
 """Detection benchmark: calibrate on benign tune traffic, report on held-out traffic.
 
-    nice -n 10 .venv/bin/python bench/detect_benchmark.py [--scale 1.0] [--no-embeddings]
+    nice -n 10 .venv/bin/python bench/detect_benchmark.py [--scale 0.7] [--no-embeddings]
 
 1. Corpora in ../shared/datasets are split in halves by item hash ("tune" / "report").
 2. Tune traffic (benign personas only, tune half) -> `calibrate` -> threshold file (target FPR).
@@ -102,7 +102,7 @@ def metrics(labels: dict[str, dict], scores: dict[str, float], flagged: dict[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply every persona count (1.0 = full)")
+    ap.add_argument("--scale", type=float, default=0.7, help="multiply every persona count (1.0 = 1,495 benign accounts)")
     ap.add_argument("--tune-benign-scale", type=float, default=1.3, help="tune split benign accounts vs report")
     ap.add_argument("--no-embeddings", action="store_true", help="skip MiniLM (topic signals off)")
     ap.add_argument("--workdir", default="/tmp/detect_bench")

@@ -53,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: llama-cpp-python's)")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--with-hf", action="store_true", help="also time HFEngine on the same GGUF (slow)")
@@ -67,16 +67,16 @@ def main() -> None:
 
     console = Console(stderr=True)
     gguf = smollm2_gguf()
-    threads = args.threads or os.cpu_count() or 1
-    engine = LlamaCppEngine(gguf, n_threads=threads)
-    common = dict(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    engine = LlamaCppEngine(gguf, n_threads=args.threads)
+    threads = {"n_threads": args.threads, "n_threads_batch": args.threads} if args.threads else {}
+    common = dict(model_path=str(gguf), n_ctx=2048, verbose=False, **threads)
     raw = Llama(**common)
     raw_all = Llama(**common, logits_all=True)
     hf = None
     if args.with_hf:
         from distillguard.engines.hf import HFEngine
 
-        hf = HFEngine(gguf, n_threads=threads)
+        hf = HFEngine(gguf, n_threads=args.threads)
 
     # the chat template applied once; raw llama.cpp gets the ids, engines the same text
     texts = [engine._chat(messages=[{"role": "user", "content": p}]).prompt for p in PROMPTS]
@@ -164,7 +164,12 @@ def main() -> None:
             "load_average_after": [round(x, 2) for x in load_after],
         },
         "model": gguf.name,
-        "settings": {**vars(args), "out": str(args.out), "threads": threads, "prompts": len(prompts)},
+        "settings": {
+            **vars(args),
+            "out": str(args.out),
+            "llama_threads": {"decode": engine.llm.n_threads, "batch": engine.llm.n_threads_batch},
+            "prompts": len(prompts),
+        },
         "results": results,
         "notes": (
             "tokens/s = completion tokens / wall time of one call (prompt evaluation included); "

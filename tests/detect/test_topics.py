@@ -31,7 +31,7 @@ def test_reference_like_account_is_close_and_focused_account_is_far():
 def test_sweep_needs_new_prompts_not_repeats():
     rng = np.random.default_rng(1)
     ref = ReferenceModel(_unit(rng.standard_normal((300, D))), seed=1)
-    centre = rng.standard_normal(D) * 3
+    centre = rng.standard_normal(D)  # one area, prompts within it still distinct (cosine ~0.5)
     sweep = _feed(ref, _unit(centre + rng.standard_normal((120, D))))
     few = _unit(centre + rng.standard_normal((3, D)))
     repeats = _feed(ref, few[rng.integers(0, 3, 120)])

@@ -21,6 +21,7 @@ def test_final_number():
     assert final_number("no digits") is None
 
 
+@pytest.mark.slow
 def test_eval_table_fields(run_cfg, capsys):
     run_cfg.train.method, run_cfg.train.max_steps = "sft", 2
     train(run_cfg, progress=False)

@@ -21,6 +21,7 @@ def _mean_loss(cfg, model_path):
     return sum(losses) / len(losses)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,loss", [("logits", "forward_kl"), ("sft", "forward_kl"), ("topk", "jsd")])
 def test_short_run_lowers_loss(run_cfg, method, loss):
     run_cfg.train.method, run_cfg.train.loss = method, loss

@@ -227,6 +227,10 @@ def test_logits_accessor(tiny: Any) -> None:
     logits = tiny.logits(ids)
     assert logits.shape == (len(ids), tiny.vocab_size) and logits.dtype == np.float32
     np.testing.assert_allclose(tiny.logits("The sky is blue"), logits)
+    batch = tiny.logits(["The sky is blue", "Grass"])
+    assert len(batch) == 2 and batch[1].shape == (len(tiny.encode("Grass")), tiny.vocab_size)
+    np.testing.assert_allclose(batch[0], logits)
+    np.testing.assert_allclose(tiny.logits([ids, ids[:2]])[1], logits[:2], atol=1e-5)
     with pytest.raises(EngineError):
         tiny.logits([])
 

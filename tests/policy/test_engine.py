@@ -277,3 +277,16 @@ def test_degrade_attaches_a_stronger_watermark_with_the_same_key(board: RiskBoar
     # a remote upstream cannot run processors: none attached (the gateway would refuse the request)
     c.engine = None  # type: ignore[assignment]
     assert policy.decide(c).logits_processors == []
+
+
+def test_ban_reaches_linked_accounts_but_not_exempt_ones(policy: RiskPolicy, board: RiskBoard) -> None:
+    board.set_risk("boss", 0.1, cluster="c3")
+    board.set_risk("sock", 0.0, cluster="c3")
+    board.set_risk("partner", 0.0, cluster="c3")
+    assert policy.decide(ctx("sock")).action == "allow"
+    board.set_review("boss", Review("banned", by="ops"))
+    board.set_review("partner", Review("exempt", by="ops"))
+    d = policy.decide(ctx("sock"))
+    assert d.action == "verify" and "cluster c3 has a banned account (boss)" in d.reasons
+    assert policy.decide(ctx("boss")).action == "block"
+    assert policy.decide(ctx("partner")).action == "allow"

@@ -166,3 +166,20 @@ def test_admin_routes_late_bound_to_app_state(store: SqlStore) -> None:
     assert [f["account"] for f in c.get("/admin/policy/flagged").json()["data"]] == ["hydra-1", "hydra-2"]
     assert c.post("/admin/policy/accounts/quiet/verify").json()["review"] == "verified"
     assert c.get("/admin/policy/status").json()["decisions"] == []
+
+
+def test_admin_intel_export_from_board_and_store(store: SqlStore) -> None:
+    import stix2
+
+    store.write_events([ExchangeEvent(ts=1_763_600_000.0 + i, account="hydra-1", ip="203.0.113.5",
+                                      request={"messages": [{"role": "user", "content": f"Solve step by step: {i} + {i}"}]})
+                        for i in range(5)])
+    board = RiskBoard(0.9)
+    board.refresh_from_store(store)
+    api = FastAPI()
+    api.include_router(build_router(board, store), prefix="/admin")
+    r = TestClient(api).get("/admin/policy/intel/export")
+    assert r.status_code == 200
+    bundle = stix2.parse(r.text, allow_custom=True)
+    assert any(o.type == "indicator" and "203.0.113.5" in o.pattern for o in bundle.objects)
+    assert "hydra-1" not in r.text and "Solve step by step" not in r.text

@@ -82,9 +82,9 @@ def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine, tmp
     wm = Watermark(params, SECRET)
     rng = np.random.default_rng(0)
     # watermarked "answers" over a small vocabulary slice, so a tiny model can learn the bias fast
-    vocab = np.arange(1000, 1200)
+    vocab = np.arange(1000, 1030)
     texts = []
-    for _ in range(40):
+    for _ in range(24):
         ids = [int(rng.choice(vocab))]
         for _ in range(60):
             logits = np.full(49152, -np.inf, dtype=np.float32)
@@ -97,14 +97,14 @@ def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine, tmp
     tok = engine.tokenizer
     examples = [Example(prompt="", answer=tok.decode(t)) for t in texts]
     before = audit_open_weights(tiny, examples, params, ring, control_keys=3, progress=False)
-    assert before.tuples_scored > 100
+    assert before.tuples_scored >= 20
     assert before.p_value > 1e-3
 
     model = AutoModelForCausalLM.from_pretrained(tiny)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     enc = [tok(e.answer, add_special_tokens=False)["input_ids"] for e in examples]
     model.train()
-    for step in range(60):
+    for step in range(80):
         batch = torch.tensor([enc[(step * 4 + j) % len(enc)][:50] for j in range(4)])
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()

@@ -24,6 +24,7 @@ class RiskWeights(BaseModel):
     time_regularity: float = 0.5
     single_turn: float = 0.3
     volume: float = 0.6
+    persistence: float = 0.3
     topic_concentration: float = 0.8
     topic_sweep: float = 1.0
     mmd_distance: float = 0.9
@@ -47,8 +48,8 @@ class DetectConfig(BaseModel):
     embed_threads: int = 1
     #: prompts embedded per account: all of the first `embed_full_first`, then one in `embed_every`
     #: (bounded cost per event; the topic statistics are sample means and need no more)
-    embed_full_first: int = 48
-    embed_every: int = 8
+    embed_full_first: int = 32
+    embed_every: int = 16
     #: per-account bounded state
     template_slots: int = 16
     example_slots: int = 4

@@ -123,6 +123,14 @@ class BehaviourState:
             return v, ""
         return v, f"{self.n:,} requests on {active} active day(s) ({per_day:,.0f}/day), {self.tokens:,} tokens"
 
+    def persistence(self, detail: bool = True) -> tuple[float, str]:
+        """A campaign keeps going day after day; a one-off job (a benchmark pass) is over in hours."""
+        days = len(self.days)
+        v = min(1.0, max(0, days - 1) / 4)
+        if not detail:
+            return v, ""
+        return v, f"active on {days} distinct day(s) over {self.span_days():.1f} days"
+
     def time_regularity(self, detail: bool = True) -> tuple[float, str]:
         cv = self.cv()
         active_hours = sum(1 for h in self.hours if h > 0)

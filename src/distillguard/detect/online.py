@@ -187,7 +187,7 @@ class OnlineDetector:
         b = st.behaviour
         out = []
         for name, fn in (("reasoning_elicitation", b.reasoning), ("harvesting", b.harvesting),
-                         ("volume", b.volume), ("time_regularity", b.time_regularity),
+                         ("volume", b.volume), ("persistence", b.persistence), ("time_regularity", b.time_regularity),
                          ("param_uniformity", b.param_uniformity), ("single_turn", b.single_turn_share),
                          ("fixed_system_prompt", b.fixed_system_prompt)):
             v, d = fn(detail)
@@ -270,7 +270,7 @@ class OnlineDetector:
         details: dict[str, str] = {}
         for s in states:
             for sig in self.signals(s, detail):
-                if sig.name in ("topic_concentration", "topic_sweep", "mmd_distance", "volume"):
+                if sig.name in ("topic_concentration", "topic_sweep", "mmd_distance", "volume", "persistence"):
                     continue
                 sums[sig.name] = sums.get(sig.name, 0.0) + sig.value * s.behaviour.n
                 details.setdefault(sig.name, sig.detail)
@@ -279,6 +279,8 @@ class OnlineDetector:
         total_days = len(set().union(*(s.behaviour.days for s in states)))
         out.append(Signal("volume", min(1.0, float(np.log1p(n) / np.log1p(5000))),
                           f"{n:,} requests across {len(members)} linked accounts on {total_days} day(s)" if detail else ""))
+        out.append(Signal("persistence", min(1.0, max(0, total_days - 1) / 4),
+                          f"the linked accounts were active on {total_days} distinct day(s)" if detail else ""))
         out.extend(self._topic_signals(pooled, detail, pooled=True))
         value, text = self.linker.describe(cid) if detail else (self.linker.strength(cid), "")
         out.append(Signal("coordination", value, text))

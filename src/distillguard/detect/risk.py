@@ -4,7 +4,7 @@ risk = sigmoid(bias + confidence(n) * (sum_s w_s v_s + intent x automation)), wh
 
 * ``v_s`` in [0, 1] are the signal values and ``w_s`` fixed weights (``RiskWeights``);
 * the interaction term rewards *intent* (reasoning elicitation, harvesting) arriving together
-  with *scale or sweep* (template reuse, topic sweep, volume): a student asking for step-by-step
+  with *scale, sweep or persistence* (template reuse, topic sweep, volume, activity on many days): a student asking for step-by-step
   help now and then has intent without scale, a busy business app has scale without intent, a
   distillation pipeline has both;
 * ``confidence(n) = n / (n + n0)`` shrinks the evidence of accounts with few requests, so the
@@ -32,7 +32,7 @@ class Signal:
 
 
 INTENT = ("reasoning_elicitation", "harvesting")
-SCALE = ("template_reuse", "topic_sweep", "volume")
+SCALE = ("template_reuse", "topic_sweep", "volume", "persistence")
 INTERACTION_WEIGHT = 3.0
 
 

@@ -328,7 +328,7 @@ class TrafficBuilder:
         p, r = self._new("rag-app", 0), self.rng
         kb = r.sample(self.c.passages, min(40, len(self.c.passages)))
         system = f"You are the support assistant for {r.choice(['Northwind', 'Contoso', 'Fabrikam', 'Globex'])}."
-        per_day = r.randint(100, 350)
+        per_day = r.randint(60, 150)
         ips = [self._ip() for _ in range(3)]
         n = int(per_day * self.days)
         for ts in app_times(r, n, T0, self.days, r.uniform(-8, 9), night=0.3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +44,20 @@ def load_model(path: Path | str, threads: int | None = None) -> tuple[Any, Any]:
         raise ModelLoadError(f"model {path} does not exist")
     # The GGUF de-quantization bar is noise next to our own progress bars.
     prev = hf_logging.get_verbosity()
+    prev_tqdm = os.environ.get("TQDM_DISABLE")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF loader's own tqdm ignores the HF switch
     try:
         tok = AutoTokenizer.from_pretrained(folder, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
     finally:
         hf_logging.set_verbosity(prev)
         hf_logging.enable_progress_bar()
+        if prev_tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = prev_tqdm
     model.eval()
     # A de-quantized GGUF model is a plain float model now; do not save it as "gguf quantized".
     if getattr(model.config, "quantization_config", None) is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from distillguard.engines.base import EngineError, Prompt, SamplingParams
 from distillguard.engines.local import LocalEngine
 from distillguard.engines.sampling import apply_processors, sample
 from distillguard.engines.textstream import DiffDetokenizer
+
+_END_MARKERS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
 
 
 class HFEngine(LocalEngine):
@@ -82,8 +84,16 @@ class HFEngine(LocalEngine):
         """Raw text to ids (special tokens added as the tokenizer does for raw completions)."""
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def logits(self, inputs: str | Sequence[int]) -> np.ndarray:
-        """Next-token scores ``[T, vocab]`` (float32) for every position of a text or id list."""
+    @overload
+    def logits(self, inputs: str | Sequence[int]) -> np.ndarray: ...
+    @overload
+    def logits(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[np.ndarray]: ...
+
+    def logits(self, inputs: Any) -> np.ndarray | list[np.ndarray]:
+        """Next-token scores ``[T, vocab]`` (float32) at every position of a text or id list;
+        given a list of texts (or of id lists), a list of such arrays."""
+        if not isinstance(inputs, str) and len(inputs) and not isinstance(inputs[0], (int, np.integer)):
+            return [self.logits(x) for x in inputs]
         ids = self.encode(inputs) if isinstance(inputs, str) else [int(i) for i in inputs]
         if not ids:
             raise EngineError("logits() needs at least one token")
@@ -161,6 +171,11 @@ class HFEngine(LocalEngine):
                 ids.add(source)
             elif source:
                 ids.update(int(i) for i in source)
+        # Like llama.cpp's end-of-generation list: chat models often end a turn with a marker
+        # that is not the configured EOS (SmolLM2 from GGUF: <|im_end|> is, <|endoftext|> is not).
+        vocab = self.tokenizer.get_vocab()
+        special = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())
+        ids.update(vocab[t] for t in _END_MARKERS if t in vocab and t in special)
         if not ids:
             raise EngineError(f"model {self.model_name} defines no end-of-sequence token")
         return ids

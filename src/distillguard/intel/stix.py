@@ -221,8 +221,10 @@ def build_bundle(verdicts: Iterable[dict[str, Any]], events: Iterable[Any], opti
             if top is not None:
                 extra["x_distillguard_template_minhash"] = [int(x) for x in top.sig]
                 extra["x_distillguard_minhash_params"] = {
-                    "num_perm": MINHASH_PERM, "seed": MINHASH_SEED,
-                    "shingles": "distillguard.detect.templates.shingles (skeleton head/tail 3-grams and line starts)"}
+                    "num_perm": hasher.num_perm, "seed": MINHASH_SEED, "length": len(top.sig),
+                    "hash": "blake2b-32 of each shingle, (a*h + b) mod 2^61-1 (datasketch legacy scheme)",
+                    "shingles": "distillguard.detect.templates.shingles (prompt skeleton; head and tail "
+                                "signatures concatenated when it returns two sets)"}
             if opt.include_prompts and top is not None:
                 extra["x_distillguard_example_prompt"] = top.example
             indicators.append(stix2.Indicator(

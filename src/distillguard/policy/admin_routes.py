@@ -10,6 +10,7 @@ Routes (relative to where it is mounted):
     POST /policy/accounts/{name}/{action}  action: exempt | unexempt | ban | unban | verify | unverify
                                          body (optional): {"note": "...", "by": "..."}
     GET  /policy/accounts/{name}/explain the last decision, its reasons, and the state now
+    GET  /policy/intel/export?since=     STIX 2.1 bundle of the flagged clusters (live board + stored events)
     GET  /policy/status                  threshold, rules, reloads, last reload error, indicator count
     POST /policy/reload                  re-read the policy file and indicators now
 
@@ -124,6 +125,20 @@ def _build(router: APIRouter, board_ref: Any, store_ref: Any, policy_ref: Any, v
             if acc is None:
                 return _error(404, f"No account named {name!r}.", "account_not_found", "name")
         return _json({"account": name, "last_decision": last, "now": now, "threshold": board.threshold})
+
+    @router.get("/policy/intel/export")
+    async def intel_export(since: float | None = Query(None, description="events at or after (Unix seconds)"),
+                           include_prompts: bool = False, include_account_names: bool = False) -> Response:
+        """STIX 2.1 bundle of the flagged clusters, from the live board and the store's events."""
+        from distillguard.intel.stix import ExportOptions, build_bundle
+
+        board, store = board_ref.get(), store_ref.get()
+        opt = ExportOptions(include_prompts=include_prompts, include_account_names=include_account_names)
+
+        def make() -> str:
+            return build_bundle(board.verdicts(), store.iter_events(since=since), opt).serialize()
+
+        return Response(await run_in_threadpool(make), media_type="application/json")
 
     @router.get("/policy/status")
     async def status() -> Response:

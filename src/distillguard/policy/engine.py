@@ -37,6 +37,8 @@ log = logging.getLogger("distillguard.policy")
 BLOCK_MESSAGE = "This account is blocked from this API."
 #: two or more kinds of indicator matching one request (e.g. IP and template) add this much level
 MULTI_INDICATOR_BONUS = 0.1
+#: level of an account linked to a banned account (default rules: verify, or degrade if verified)
+BANNED_PEER_LEVEL = 1.6
 
 
 @dataclass
@@ -169,7 +171,8 @@ class RiskPolicy:
         matches: list[Match] = []
         if len(cp.indicators):
             matches = cp.indicators.match(ctx.ip, ctx.user_agent, _last_user_text(ctx.request))
-        if review.state == "none" and not matches and lvl < cp.quiet_below:
+        banned_peer = board.banned_in_cluster(eff.cluster) if review.state != "banned" else None
+        if review.state == "none" and not matches and lvl < cp.quiet_below and banned_peer is None:
             d = RiskDecision(action=cp.config.default_action, level=lvl)
             if d.action != "allow":
                 d.reasons.append(f"default action {d.action} (no rule matched)")
@@ -182,7 +185,8 @@ class RiskPolicy:
         if matches:
             kinds = {m.kind for m in matches}
             ind_level = max(cp.indicator_levels[k] for k in kinds) + (MULTI_INDICATOR_BONUS if len(kinds) > 1 else 0.0)
-        eff_level = max(lvl, ind_level)
+        # a person banned a linked account: the rest of its cluster is treated as near-certain
+        eff_level = max(lvl, ind_level, BANNED_PEER_LEVEL if banned_peer is not None else 0.0)
         rule = next((r for r in cp.rules if r.matches(ctx.tier, review.state, eff_level, eff.cluster_flagged,
                                                         bool(matches))), None)
         action = rule.action if rule else cp.config.default_action
@@ -199,6 +203,8 @@ class RiskPolicy:
                      f"{eff.risk:.2f} from linked account {eff.inherited_from}")
         elif eff.cluster_flagged and eff.cluster is not None:
             r.append(f"cluster {eff.cluster} flagged")
+        if banned_peer is not None:
+            r.append(f"cluster {eff.cluster} has a banned account ({banned_peer})")
         for m in matches:
             r.append(f"matches indicator {m.indicator_id} ({m.kind.replace('_', ' ')})")
         if rule is not None:

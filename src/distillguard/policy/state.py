@@ -114,6 +114,20 @@ class RiskBoard:
             return Effective(own.risk, own, cid, c.risk if c else 0.0, bool(c and c.flagged), None)
         return Effective(c.risk, own, cid, c.risk, c.flagged, c.top)
 
+    def banned_in_cluster(self, cluster: str | None) -> str | None:
+        """A banned member of ``cluster`` (its linked accounts inherit a restriction), or None."""
+        if cluster is None:
+            return None
+        c = self._clusters.get(cluster)
+        if c is None:
+            return None
+        reviews = self._review
+        for a in c.members:
+            r = reviews.get(a)
+            if r is not None and r.state == "banned":
+                return a
+        return None
+
     def cluster_members(self, cluster: str) -> frozenset[str]:
         c = self._clusters.get(cluster)
         return c.members if c else frozenset()
@@ -303,6 +317,11 @@ class RiskBoard:
             "review_note": rv.note,
             "source": eff.own.source,
         }
+
+    def verdicts(self) -> list[dict[str, Any]]:
+        """Verdict-shaped records (shared/spec/verdicts.md fields the intel export reads)."""
+        return [{"account": a, "score": r.risk, "flagged": r.flagged, "cluster": r.cluster, "evidence": list(r.evidence)}
+                for a, r in sorted(self._risk.items())]
 
     def clusters(self) -> dict[str, dict[str, Any]]:
         return {cid: {"members": sorted(c.members), "risk": round(c.risk, 6), "top": c.top, "flagged": c.flagged}
