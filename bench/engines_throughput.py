@@ -81,7 +81,7 @@ def main() -> None:
     # the chat template applied once; raw llama.cpp gets the ids, engines the same text
     texts = [engine._chat(messages=[{"role": "user", "content": p}]).prompt for p in PROMPTS]
     prompts = [engine.encode_prompt(t) for t in texts]
-    text_of = {tuple(ids): t for ids, t in zip(prompts, texts)}
+    text_of = {tuple(ids): t for ids, t in zip(prompts, texts, strict=True)}
     sampling = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=1.0, seed=args.seed)
 
     def raw_call(llm: Llama, **extra: object) -> Callable[[list[int]], int]:

@@ -48,6 +48,25 @@ class Target:
     name: str
     base_url: str  # ending in /v1
     api_key: str | None = None
+    pid: int | None = None  # the server process, to measure its CPU time per request
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process (Linux /proc), robust to other load on the machine."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms_per_request(pid: int | None, before: float | None, n: int) -> float | None:
+    after = cpu_seconds(pid)
+    if before is None or after is None or n == 0:
+        return None
+    return round((after - before) * 1000.0 / n, 3)
 
 
 # ---- servers -----------------------------------------------------------------------------------
@@ -93,8 +112,8 @@ def process(cmd: list[str], probe: str, workdir: Path, name: str):
 @contextmanager
 def stub_server(workdir: Path):
     port = free_port()
-    with process([PY, "-m", "distillguard.gateway.stub", "--port", str(port)], f"http://127.0.0.1:{port}/v1/models", workdir, "stub"):
-        yield f"http://127.0.0.1:{port}/v1"
+    with process([PY, "-m", "distillguard.gateway.stub", "--port", str(port)], f"http://127.0.0.1:{port}/v1/models", workdir, "stub") as proc:
+        yield f"http://127.0.0.1:{port}/v1", proc.pid
 
 
 @contextmanager
@@ -129,8 +148,8 @@ account_tpm = 1000000000
 max_tokens = 64
 """
     )
-    with process([PY, "-m", "distillguard.cli", "serve", "--config", str(cfg)], f"http://127.0.0.1:{port}/health", workdir, "gateway"):
-        yield f"http://127.0.0.1:{port}/v1", secret, db
+    with process([PY, "-m", "distillguard.cli", "serve", "--config", str(cfg)], f"http://127.0.0.1:{port}/health", workdir, "gateway") as proc:
+        yield f"http://127.0.0.1:{port}/v1", secret, db, proc.pid
 
 
 # ---- a minimal keep-alive HTTP/1.1 client --------------------------------------------------------
@@ -205,14 +224,18 @@ async def open_loop(target: Target, rate: float, duration: float, warmup: float 
 
     # time.perf_counter, not loop.time(): uvloop's clock has millisecond resolution
     total = int((warmup + duration) * rate)
+    cpu0: float | None = None
     t0 = time.perf_counter() + 0.05
     for i in range(total):
         at = t0 + i / rate
         delay = at - time.perf_counter()
         if delay > 0.0005:
             await asyncio.sleep(delay)
+        if i == int(warmup * rate):
+            cpu0 = cpu_seconds(target.pid)
         tasks.append(asyncio.ensure_future(one(at, i >= warmup * rate)))
     await asyncio.gather(*tasks)
+    n_counted = total - int(warmup * rate)
     wall = time.perf_counter() - t0
     pool.close()
     lat = sorted(latencies)
@@ -226,6 +249,7 @@ async def open_loop(target: Target, rate: float, duration: float, warmup: float 
         "max_ms": round(lat[-1], 3) if lat else None,
         "mean_ms": round(sum(lat) / len(lat), 3) if lat else None,
         "wall_s": round(wall, 2),
+        "server_cpu_ms_per_request": cpu_ms_per_request(target.pid, cpu0, n_counted),
     }
 
 
@@ -247,10 +271,12 @@ async def closed_loop(target: Target, concurrency: int, duration: float) -> dict
             errors += not ok
 
     t = loop.time()
+    cpu0 = cpu_seconds(target.pid)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = loop.time() - t
     pool.close()
-    return {"concurrency": concurrency, "requests": done, "errors": errors, "rps": round(done / wall, 1)}
+    return {"concurrency": concurrency, "requests": done, "errors": errors, "rps": round(done / wall, 1),
+            "server_cpu_ms_per_request": cpu_ms_per_request(target.pid, cpu0, done + errors)}
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -298,9 +324,9 @@ def main() -> None:
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="dg-bench-") as tmp:
         workdir = Path(tmp)
-        stub = stack.enter_context(stub_server(workdir))
-        gw_url, secret, db = stack.enter_context(distillguard_gateway(stub, workdir))
-        targets = [Target("direct", stub), Target("distillguard", gw_url, secret)]
+        stub, stub_pid = stack.enter_context(stub_server(workdir))
+        gw_url, secret, db, gw_pid = stack.enter_context(distillguard_gateway(stub, workdir))
+        targets = [Target("direct", stub, pid=stub_pid), Target("distillguard", gw_url, secret, pid=gw_pid)]
         if args.litellm:
             sys.path.insert(0, str(ROOT / "bench"))
             from litellm_target import litellm_proxy, litellm_version
@@ -322,7 +348,8 @@ def main() -> None:
             for t in targets:
                 r = asyncio.run(open_loop(t, rate, args.duration))
                 row["targets"][t.name] = r
-                print(f"{rate:6.0f} req/s  {t.name:14s} p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  errors {r['errors']}", flush=True)
+                print(f"{rate:6.0f} req/s  {t.name:14s} p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  "
+                      f"server CPU {r['server_cpu_ms_per_request']} ms/req  errors {r['errors']}", flush=True)
             direct = row["targets"]["direct"]
             row["added_ms"] = {
                 name: {"p50": round(r["p50_ms"] - direct["p50_ms"], 3), "p99": round(r["p99_ms"] - direct["p99_ms"], 3)}
@@ -334,7 +361,8 @@ def main() -> None:
         max_rps: dict[str, Any] = {}
         for t in targets:
             max_rps[t.name] = asyncio.run(closed_loop(t, args.concurrency, args.max_duration))
-            print(f"max  {t.name:14s} {max_rps[t.name]['rps']:8.1f} req/s (errors {max_rps[t.name]['errors']})", flush=True)
+            m = max_rps[t.name]
+            print(f"max  {t.name:14s} {m['rps']:8.1f} req/s  server CPU {m['server_cpu_ms_per_request']} ms/req  (errors {m['errors']})", flush=True)
 
         for log in sorted(workdir.glob("*.log")):  # anything the servers complained about
             bad = [ln for ln in log.read_text(errors="replace").splitlines() if any(w in ln for w in ("ERROR", "WARNING", "Error"))]

@@ -218,6 +218,9 @@ def main() -> None:
             changed = {ev.account for ev in batch}
             on_update(detector, changed)
             bar.update(task, advance=len(batch))
+            done = int(bar.tasks[0].completed)
+            if not sys.stderr.isatty() and done // 5000 != (done - len(batch)) // 5000:
+                print(f"replayed {done:,}/{len(events):,} events in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         detector.finish()
     replay_s = time.perf_counter() - t0
 

@@ -46,3 +46,17 @@ def test_worker_consumes_bus_and_pushes_risk_into_account_flags(small_traffic):
     flags = store.accounts[names[0]].flags
     assert {"risk", "evidence", "cluster", "verified"} <= set(flags)
     assert 0 <= flags["risk"] <= 1
+
+
+def test_idle_worker_relinks_thin_live_traffic(small_traffic):
+    raw, labels = small_traffic
+    hydra = [ExchangeEvent.model_validate(e) for e in raw if labels[e["account"]]["group"]]
+    det = OnlineDetector(embedder=HashingEmbedder(), threshold=0.8)
+    assert len(hydra) < det.config.link_every_events  # too few events to trigger the periodic relink
+    w = DetectionWorker(det, FakeSubscription(hydra), batch=100, timeout_s=0.05, relink_idle_s=0.2)
+    w.start()
+    deadline = time.time() + 60
+    while not det.clusters() and time.time() < deadline:
+        time.sleep(0.05)
+    w.stop()
+    assert det.clusters(), "the idle worker should have linked the hydra"

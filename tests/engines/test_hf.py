@@ -123,7 +123,7 @@ def test_logprobs_shape_and_values(tiny: Any) -> None:
     r = gen(tiny, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3)
     (c,) = r.choices
     assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids) == 5
-    for tok_id, lp in zip(c.token_ids, c.logprobs):
+    for tok_id, lp in zip(c.token_ids, c.logprobs, strict=True):
         assert lp.token == tiny.token_text(tok_id) and lp.logprob <= 0
         assert len(lp.top) == 3 and [v for _, v in lp.top] == sorted((v for _, v in lp.top), reverse=True)
         assert lp.top[0] == (lp.token, pytest.approx(lp.logprob))  # greedy picks the top token

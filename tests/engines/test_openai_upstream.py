@@ -17,7 +17,12 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from distillguard.engines.base import EngineError, SamplingParams, UpstreamError, UpstreamTimeout
+from distillguard.engines.base import (
+    EngineError,
+    SamplingParams,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from distillguard.engines.openai_upstream import OpenAIUpstreamEngine, estimate_tokens
 
 from .conftest import collect, run

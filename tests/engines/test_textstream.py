@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from distillguard.engines.textstream import ByteDetokenizer, DiffDetokenizer, StopScanner
+from distillguard.engines.textstream import (
+    ByteDetokenizer,
+    DiffDetokenizer,
+    StopScanner,
+)
 
 
 def scan(pieces: list[str], stops: list[str]) -> tuple[list[str], bool]:

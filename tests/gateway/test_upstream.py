@@ -93,3 +93,18 @@ def test_stream_cut_by_the_client_is_logged(settings: Any, store: Any) -> None:
     ev = evs[0]
     assert ev.status == 499 and ev.response is not None and ev.response.text.startswith("Hello")
     assert ev.response.finish_reason == "disconnected"
+
+
+def test_503_when_the_key_store_is_down(settings: Any, store: Any) -> None:
+    from distillguard.store.base import StoreUnavailable
+
+    _, secret = store.create_key("acme", "standard")
+    app = create_app(settings, engine=FakeEngine(), store=store)
+    with live_server(app) as url:
+        def down(secret: str) -> Any:
+            raise StoreUnavailable("database is locked")
+
+        store.authenticate = down  # type: ignore[method-assign]
+        r = httpx.post(url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {secret}"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+        assert httpx.get(url + "/health").status_code == 200  # still serving

@@ -89,3 +89,4 @@ def test_policy_in_the_gateway(setup) -> None:  # noqa: ANN001
     assert decisions["flagged"].action == "degrade"
     assert decisions["flagged"].reasons[0] == f"risk {risk_at(1.2, THR):.2f} ≥ 0.90 (harvesting)"
     assert decisions["certain"].action == "verify" and decisions["banned"].action == "block"
+    assert decisions["flagged"].model_dump()["rule"] == "flagged"  # extra fields ride along in the log

@@ -81,12 +81,23 @@ def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine, tmp
     ring = KeyRing.from_secret(SECRET)
     wm = Watermark(params, SECRET)
     rng = np.random.default_rng(0)
-    # watermarked "answers" over a small vocabulary slice, so a tiny model can learn the bias fast
-    vocab = np.arange(1000, 1030)
+    # watermarked "answers" over ~30 single-token words (so decode -> encode gives the same ids)
+    # and a tiny vocabulary, so a tiny model learns the green bias within seconds
+    tok = engine.tokenizer
+    words = ("the a of and to in is was he she it they we you that this with for on at by from "
+             "cat dog house tree river city road car book water fire light night day").split()
+    piece = {}
+    for w in words:
+        t = tok(" " + w, add_special_tokens=False)["input_ids"]
+        if len(t) == 1:
+            piece[t[0]] = " " + w
+    vocab = np.array(sorted(piece))
+    assert len(vocab) >= 20
     texts = []
-    for _ in range(24):
+    # short texts: reading mode skips tuples the suspect could copy from earlier in the same text
+    for _ in range(150):
         ids = [int(rng.choice(vocab))]
-        for _ in range(60):
+        for _ in range(11):
             logits = np.full(49152, -np.inf, dtype=np.float32)
             logits[vocab] = 0.0
             out = wm.processor(1.0)(np.array(ids), logits).astype(np.float64)
@@ -94,18 +105,18 @@ def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine, tmp
             p /= p.sum()
             ids.append(int(rng.choice(49152, p=p)))
         texts.append(ids)
-    tok = engine.tokenizer
-    examples = [Example(prompt="", answer=tok.decode(t)) for t in texts]
+    examples = [Example(prompt="", answer="".join(piece[i] for i in t)) for t in texts]
+    enc = [tok(e.answer, add_special_tokens=False)["input_ids"] for e in examples]
+    assert enc[0] == texts[0]
     before = audit_open_weights(tiny, examples, params, ring, control_keys=3, progress=False)
-    assert before.tuples_scored >= 20
+    assert before.tuples_scored >= 15
     assert before.p_value > 1e-3
 
     model = AutoModelForCausalLM.from_pretrained(tiny)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    enc = [tok(e.answer, add_special_tokens=False)["input_ids"] for e in examples]
     model.train()
     for step in range(80):
-        batch = torch.tensor([enc[(step * 4 + j) % len(enc)][:50] for j in range(4)])
+        batch = torch.tensor([enc[(step * 8 + j) % len(enc)] for j in range(8)])
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         opt.step()

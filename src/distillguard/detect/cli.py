@@ -50,6 +50,13 @@ def replay_cmd(
     from distillguard.detect.replay import replay, write_verdicts
 
     cfg = DetectConfig(threshold_file=threshold_file)
+    if threshold_file is not None:
+        from distillguard.detect.reference import load_calibration
+
+        try:  # fail before loading the embedding model
+            load_calibration(threshold_file)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
     try:
         detector = OnlineDetector(cfg, embedder=_embedder(embeddings))
     except ValueError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MAX_TEMPLATE_INSERTS = 32
 TEMPLATE_ESTABLISHED = 3
+TOPIC_EVIDENCE_MIN = 8
 
 
 @dataclass
@@ -156,13 +158,14 @@ class OnlineDetector:
             st.template_inserts += 1
             self.linker.observe_template(ev.account, others, slot.example)
         links = st.links
-        if ev.ip and ev.ip not in links.ips and len(links.ips) < 16:
-            self.linker.observe(ev.account, "ip", ev.ip)
-        if ev.ip:
+        # the first few IPs and user agents of an account are enough to link it; keeps state bounded
+        if ev.ip and (ev.ip in links.ips or len(links.ips) < 16):
+            if ev.ip not in links.ips:
+                self.linker.observe(ev.account, "ip", ev.ip)
             links.ips[ev.ip] += 1
-        if ev.user_agent and ev.user_agent not in links.uas and len(links.uas) < 8:
-            self.linker.observe(ev.account, "user_agent", ev.user_agent)
-        if ev.user_agent:
+        if ev.user_agent and (ev.user_agent in links.uas or len(links.uas) < 8):
+            if ev.user_agent not in links.uas:
+                self.linker.observe(ev.account, "user_agent", ev.user_agent)
             links.uas[ev.user_agent] += 1
         if sp_hash and st.behaviour.system.get(sp_hash) == 1:
             self.linker.observe(ev.account, "system_prompt", sp_hash)
@@ -306,6 +309,9 @@ class OnlineDetector:
             if cid is not None:
                 value, text = self.linker.describe(cid)
                 signals.append(Signal("coordination", value, text))
+        if st.topics.m < TOPIC_EVIDENCE_MIN and not (cid is not None and st.peak_cluster > st.peak_own):
+            # a handful of embedded prompts moves the (shrunk) risk little; do not show it as evidence
+            signals = [s for s in signals if s.name not in ("topic_concentration", "topic_sweep", "mmd_distance")]
         evidence = [s.as_evidence() for s in signals if s.value >= 0.05][:8]
         return {
             "account": account,
@@ -339,7 +345,11 @@ def build_detector(config: DetectConfig | None = None, *, threshold: float | Non
                                       threads=cfg.embed_threads)
         else:
             embedder = None
-    return OnlineDetector(cfg, embedder=embedder, threshold=threshold)  # type: ignore[arg-type]
+    det = OnlineDetector(cfg, embedder=embedder, threshold=threshold)  # type: ignore[arg-type]
+    if not det.calibrated:
+        log.warning("no detection threshold file: using the uncalibrated default %.2f; run `distillguard detect "
+                    "calibrate` on benign traffic and set detect.threshold_file", det.threshold)
+    return det
 
 
 # ---------------------------------------------------------------------- live worker
@@ -350,7 +360,7 @@ class DetectionWorker(threading.Thread):
     """Pulls event batches from the bus and feeds the detector, off the request path."""
 
     def __init__(self, detector: OnlineDetector, subscription: Any, on_update: RiskCallback | None = None,
-                 batch: int = 256, timeout_s: float = 0.5) -> None:
+                 batch: int = 256, timeout_s: float = 0.5, relink_idle_s: float = 30.0) -> None:
         super().__init__(name="distillguard-detect", daemon=True)
         self.detector = detector
         self.subscription = subscription
@@ -361,6 +371,10 @@ class DetectionWorker(threading.Thread):
         self.lock = threading.Lock()
         self.processed = 0
         self.errors = 0
+        #: live traffic may be too thin to reach ``link_every_events`` for hours, so an idle worker
+        #: relinks accounts once new events have waited ``relink_idle_s`` (replay never does this)
+        self.relink_idle_s = relink_idle_s
+        self._pending_since: float | None = None
 
     def stop(self, join_timeout: float | None = 5.0) -> None:
         self._halt.set()
@@ -372,10 +386,18 @@ class DetectionWorker(threading.Thread):
             try:
                 events = self.subscription.get_batch(self.batch, self.timeout_s)
                 if not events:
+                    if self._pending_since is not None and time.monotonic() - self._pending_since >= self.relink_idle_s:
+                        with self.lock:
+                            changed = self.detector.relink()
+                        self._pending_since = None
+                        if self.on_update is not None and changed:
+                            self.on_update(self.detector, changed)
                     continue
                 with self.lock:
                     changed = self.detector.process_batch(events)
                     self.processed += len(events)
+                if self._pending_since is None:
+                    self._pending_since = time.monotonic()
                 if self.on_update is not None and changed:
                     self.on_update(self.detector, changed)
             except Exception:  # the worker must outlive one bad batch; the error is logged

@@ -34,7 +34,11 @@ from distillguard.engines.base import (
     TokenLogprob,
 )
 from distillguard.engines.sampling import log_softmax, token_logprob, validate
-from distillguard.engines.textstream import ByteDetokenizer, DiffDetokenizer, StopScanner
+from distillguard.engines.textstream import (
+    ByteDetokenizer,
+    DiffDetokenizer,
+    StopScanner,
+)
 
 
 @dataclass

@@ -280,5 +280,5 @@ def _logprobs(lp: dict[str, Any] | None, chat: bool) -> list[TokenLogprob] | Non
             if i < len(tops)
             else [],
         )
-        for i, (tok, val) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))
+        for i, (tok, val) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or [], strict=False))
     ]

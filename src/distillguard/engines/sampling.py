@@ -11,7 +11,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from distillguard.engines.base import EngineError, LogitsProcessor, SamplingParams, TokenLogprob
+from distillguard.engines.base import (
+    EngineError,
+    LogitsProcessor,
+    SamplingParams,
+    TokenLogprob,
+)
 
 
 def validate(params: SamplingParams) -> None:

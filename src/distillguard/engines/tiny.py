@@ -68,7 +68,12 @@ def make_tiny_model(out_dir: Path, seed: int = 0, n_layers: int = 2, hidden: int
         raise ValueError(f"hidden must be a multiple of 16 (4 attention heads of 16 dims or more), got {hidden}")
 
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tok_dir = smollm2_tokenizer_dir()
     tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)

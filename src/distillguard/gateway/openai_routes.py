@@ -45,6 +45,7 @@ from distillguard.gateway.errors import APIError, invalid, rate_limited
 from distillguard.gateway.limits import LimitExceeded, Limiter, Reservation
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.policy import VERIFY_MESSAGE, Decision, PolicyContext
+from distillguard.store.base import StoreUnavailable
 
 log = logging.getLogger("distillguard.gateway")
 
@@ -496,6 +497,8 @@ def _engine_error(exc: BaseException) -> APIError:
         return APIError(502, str(exc), code="upstream_error")
     if isinstance(exc, EngineError):
         return APIError(400, str(exc), code="engine_refused")
+    if isinstance(exc, StoreUnavailable):  # a key lookup that found the database down
+        return APIError(503, f"The key store is unavailable; retry shortly ({exc}).", code="store_unavailable")
     return APIError(500, f"Internal server error ({type(exc).__name__}); the request was not served.")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from distillguard.events import Decision as EventDecision
 from distillguard.gateway.policy import VERIFY_MESSAGE, Decision, PolicyContext
 from distillguard.intel.indicators import IndicatorError, IndicatorSet, Match, load_indicators
 from distillguard.policy.config import PolicyConfig, Rule, level
@@ -49,6 +50,14 @@ class RiskDecision(Decision):
     degrade: DegradePlan | None = None
     rule: str | None = None
     level: float = 0.0
+
+    def for_event(self) -> EventDecision:
+        """action and reasons (the spec's fields) plus the rule, level and rate-limit scale
+        (extra fields: readers ignore what they do not know)."""
+        if self.rule is None and not self.reasons:
+            return EventDecision(action=self.action, reasons=[])
+        return EventDecision(action=self.action, reasons=list(self.reasons), rule=self.rule,
+                             level=round(self.level, 4), limit_scale=round(self.limit_scale, 4))
 
 
 @dataclass(frozen=True)
