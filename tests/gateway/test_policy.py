@@ -82,6 +82,8 @@ def test_degrade_strips_logprobs(env: Any) -> None:
     assert _post(url, secret, body).json()["choices"][0]["logprobs"] is not None
     app.state.policy = Scripted(Decision("degrade", ["logprob harvesting"]))
     assert _post(url, secret, body).json()["choices"][0]["logprobs"] is None
+    app.state.policy = Scripted(Decision("allow", [], strip_logprobs=True))
+    assert _post(url, secret, body).json()["choices"][0]["logprobs"] is None
 
 
 def test_logits_processors_reach_the_engine(env: Any) -> None:

@@ -139,6 +139,10 @@ def test_cli_detect(tmp_path, tokenizer, word_ids, monkeypatch):
     assert r.exit_code != 0 and "too short" in r.stderr
     r = runner.invoke(app, ["watermark", "detect", str(f), "--key-env", "NOT_SET_ANYWHERE"])
     assert r.exit_code != 0 and "not set" in r.stderr
+    r = runner.invoke(app, ["watermark", "detect", "-", "--ids", "--key-file", str(keyf)], input="[1, 2, 99999999]")
+    assert r.exit_code != 0 and "another tokenizer" in r.stderr
+    r = runner.invoke(app, ["watermark", "detect", "-", "--ids", "--key-file", str(keyf)], input="hello")
+    assert r.exit_code != 0 and "JSON list" in r.stderr
 
 
 def test_cli_detect_events_pooled(tmp_path, tokenizer, word_ids):
@@ -159,3 +163,20 @@ def test_cli_detect_events_pooled(tmp_path, tokenizer, word_ids):
     out = json.loads(r.stdout)
     assert len(out["texts"]) == 4 and out["pooled"]["texts"] == 4
     assert out["pooled"]["p_value"] < min(t["p_value"] for t in out["texts"])
+
+
+def test_cli_audit_bad_inputs(tmp_path):
+    keyf = tmp_path / "k"
+    keyf.write_text(SECRET)
+    texts = tmp_path / "t.txt"
+    texts.write_text("some served text\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["watermark", "audit", "--suspect", str(tmp_path / "no-model"), "--texts", str(texts),
+                            "--key-file", str(keyf)])
+    assert r.exit_code != 0 and "suspect model" in r.stderr and "does not exist" in r.stderr
+    r = runner.invoke(app, ["watermark", "audit", "--suspect", str(tmp_path), "--texts", str(tmp_path / "none.jsonl"),
+                            "--key-file", str(keyf)])
+    assert r.exit_code != 0 and "texts file" in r.stderr
+    r = runner.invoke(app, ["watermark", "audit", "--suspect", "http://127.0.0.1:9/v1", "--texts", str(texts),
+                            "--key-file", str(keyf)])
+    assert r.exit_code != 0 and "needs prompts" in r.stderr

@@ -192,7 +192,7 @@ class Gateway:
 
         decision = await self._decide(ex, tier_name, prompt_tokens)
         ex.decision = decision
-        if decision.strip_logprobs or decision.action == "degrade":
+        if decision.strips_logprobs():
             want_logprobs, top_logprobs = False, 0
         if decision.logits_processors and not engine.supports_logits_processors:
             raise APIError(

@@ -114,8 +114,13 @@ class TupleSet:
 
     def score(self, params: SchemeParams, secret: bytes) -> ScoredSet:
         wm = Watermark(params, secret, cache_size=1)
-        s = float(sum(wm.token_score(t[:-1], t[-1]) for t in self.tuples))
-        return ScoredSet(len(self.tuples), s, p_value(params, len(self.tuples), s))
+        draws: dict[tuple, float] = {}  # self-seeding: distinct tuples can share one draw
+        for t in self.tuples:
+            key = wm.dedup_key(t[:-1], t[-1])
+            if key not in draws:
+                draws[key] = wm.token_score(t[:-1], t[-1])
+        s = float(sum(draws.values()))
+        return ScoredSet(len(draws), s, p_value(params, len(draws), s))
 
 
 def _ngrams(ids: Sequence[int], n: int) -> set[tuple[int, ...]]:

@@ -54,6 +54,7 @@ def detect(
     config: Config = None,
     fpr: Annotated[float, typer.Option(help="False-positive rate for the verdict.")] = 1e-5,
     events: Annotated[bool, typer.Option("--events", help="FILE is an events JSONL: test each response and all pooled.")] = False,
+    ids: Annotated[bool, typer.Option("--ids", help="FILE holds a JSON list of token ids (served model's tokenizer).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Test a text (or every response of an events export) for the watermark; exact p-values."""
@@ -76,7 +77,14 @@ def detect(
         raise _fail(str(exc)) from None
 
     try:
-        if not events:
+        if ids:
+            try:
+                token_ids = json.loads(raw)
+                assert isinstance(token_ids, list) and all(isinstance(x, int) for x in token_ids)
+            except (json.JSONDecodeError, AssertionError):
+                raise _fail("--ids expects a JSON list of integers, e.g. [12, 345, 6]") from None
+            result = det.detect_ids([token_ids], fpr).to_dict()
+        elif not events:
             result = det.detect_text(raw, fpr).to_dict()
         else:
             from distillguard.events import read_events

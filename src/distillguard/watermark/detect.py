@@ -69,7 +69,7 @@ def z_score_p_value(params: SchemeParams, n: int, greens: float) -> float:
 
 
 def score_tuples(
-    wm: Watermark, ids: Sequence[int], seen: set[tuple[int, ...]] | None = None
+    wm: Watermark, ids: Sequence[int], seen: set[tuple] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-position (scored?, contribution) for one token sequence; updates ``seen`` in place."""
     h = wm.params.context_width
@@ -78,12 +78,13 @@ def score_tuples(
     scored = np.zeros(n, dtype=bool)
     contrib = np.zeros(n, dtype=np.float64)
     for i in range(h, n):
-        tup = tuple(int(x) for x in ids[i - h : i + 1])
-        if tup in seen:
+        window, token = tuple(int(x) for x in ids[i - h : i]), int(ids[i])
+        key = wm.dedup_key(window, token)
+        if key in seen:
             continue
-        seen.add(tup)
+        seen.add(key)
         scored[i] = True
-        contrib[i] = wm.token_score(tup[:-1], tup[-1])
+        contrib[i] = wm.token_score(window, token)
     return scored, contrib
 
 
@@ -140,7 +141,7 @@ class Detector:
             )
         best: tuple[float, str, int, float] | None = None
         for key_id, wm in self.marks:
-            seen: set[tuple[int, ...]] = set()
+            seen: set[tuple] = set()
             n, score = 0, 0.0
             for s in seqs:
                 scored, contrib = score_tuples(wm, s, seen)

@@ -111,12 +111,14 @@ class KeyedHash:
         top = int(tokens.max()) + 1 if tokens.size else 1
         return self.id_hashes(max(top, 65536))[tokens]
 
+    def self_seed_anchor(self, context: Sequence[int], token: int) -> int:
+        ids = np.asarray([*context, token], dtype=np.int64)
+        return int(self._id_hash_of(ids).min())
+
     def self_seeded_uniform(self, context: Sequence[int], token: int) -> float:
-        ctx = np.asarray(context, dtype=np.int64)
-        tok = np.array([token], dtype=np.int64)
-        h = self._id_hash_of(np.concatenate([ctx, tok]))
-        anchor = h.min(keepdims=True)
-        return float(to_unit(splitmix64(anchor ^ splitmix64(tok.astype(np.uint64) ^ _TOKEN_SALT)))[0])
+        anchor = np.array([self.self_seed_anchor(context, token)], dtype=np.uint64)
+        tok = np.array([token], dtype=np.uint64)
+        return float(to_unit(splitmix64(anchor ^ splitmix64(tok ^ _TOKEN_SALT)))[0])
 
     def self_seeded_row(self, context: Sequence[int], vocab_size: int) -> np.ndarray:
         """Row of self-seeded uniforms: the seed for candidate t is min(hash(window ids), hash(t)).

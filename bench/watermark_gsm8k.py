@@ -1,0 +1,63 @@
+"""GSM8K accuracy with and without the watermark (same questions, same sampling, same model).
+
+Reads GSM8K answers cached by bench/watermark_batchgen.py (``--gsm8k N``; temperature 0.7, up to
+200 tokens, prompt asks for '#### N') and compares the final number with the reference.
+
+    nice -n 10 .venv/bin/python bench/watermark_batchgen.py --chat 0 --gsm8k 100 --configs none,gumbel1
+    .venv/bin/python bench/watermark_gsm8k.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from watermark_common import read_cache, write_result  # noqa: E402
+
+NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> str | None:
+    """The number after '####' or 'answer is', else the last number in the text."""
+    for marker in ("####", "answer is"):
+        if marker in text:
+            m = NUM.search(text.rsplit(marker, 1)[1])
+            if m:
+                return m.group().replace(",", "").rstrip(".")
+    nums = NUM.findall(text)
+    return nums[-1].replace(",", "").rstrip(".") if nums else None
+
+
+def same(a: str | None, b: str) -> bool:
+    try:
+        return a is not None and abs(float(a) - float(b.replace(",", ""))) < 1e-6
+    except ValueError:
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", default="wm_chat_hf.jsonl")
+    a = ap.parse_args()
+    rows = [r for r in read_cache(a.cache) if r.get("task") == "gsm8k"]
+    by: dict[int, dict[str, dict]] = {}
+    for r in rows:
+        by.setdefault(r["idx"], {})[r["config"]] = r
+    configs = sorted({c for d in by.values() for c in d})
+    common = sorted(i for i, d in by.items() if all(c in d for c in configs))
+    out = {}
+    for c in configs:
+        correct = [same(final_number(by[i][c]["text"]), by[i][c]["reference"]) for i in common]
+        k, n = sum(correct), len(correct)
+        out[c] = {"questions": n, "correct": k, "accuracy": k / n if n else None}
+    res = {"setup": {"questions": len(common), "source": "gsm8k_train.jsonl shuffled seed 99, first N",
+                     "sampling": "temperature 0.7, up to 200 tokens"}, "accuracy": out}
+    print(res)
+    print("wrote", write_result("watermark_gsm8k", res))
+
+
+if __name__ == "__main__":
+    main()
