@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--config", default="bench/distill_config.toml")
     ap.add_argument("--answers", type=int, default=1131, help="prompts to collect answers for (collect.max_prompts)")
     ap.add_argument("--steps", type=int, default=120, help="optimizer steps per training run")
+    ap.add_argument("--train-minutes", type=float, default=None, help="wall-clock budget per training run")
     ap.add_argument("--parallel-train", action="store_true", help="run the three trainings at once")
     ap.add_argument("--skip-collect", action="store_true", help="use the cached answers as they are")
     ap.add_argument("--speed-prompts", type=int, default=6)
@@ -117,7 +118,8 @@ def main() -> None:
     if not a.skip_collect:
         steps.append(run_step("collect", ["collect", *c, "--max-prompts", str(a.answers)], log_dir))
     steps.append(run_step("student", ["student", *c], log_dir))
-    train_steps = {name: ["train", *c, *args, "--max-steps", str(a.steps), "--name", name] for name, args in RUNS.items()}
+    budget = ["--max-minutes", str(a.train_minutes)] if a.train_minutes else []
+    train_steps = {name: ["train", *c, *args, "--max-steps", str(a.steps), *budget, "--name", name] for name, args in RUNS.items()}
     if a.parallel_train:
         steps += run_parallel(train_steps, log_dir)
     else:
@@ -142,7 +144,7 @@ def main() -> None:
         f = ROOT / cfg.students_dir() / name / "distill_train.json"
         if f.is_file():
             d = json.loads(f.read_text())
-            train_summaries[name] = {k: d[k] for k in ("steps", "examples", "first_loss", "last_loss", "tokens", "seconds")}
+            train_summaries[name] = {k: d[k] for k in ("steps", "stopped_at", "examples", "first_loss", "last_loss", "tokens", "seconds")}
             train_summaries[name]["config"] = d["config"]
     # Steps run earlier in the background (the long teacher collection), with their CPU time.
     background = [ROOT / "bench" / "cache" / n for n in ("collect_runs.jsonl", "background_steps.jsonl")]

@@ -199,6 +199,7 @@ def train(
     beta: Optional[float] = typer.Option(None, "--beta", help="JSD mixing weight"),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="wall-clock budget; the model is saved when it runs out"),
     epochs: Optional[float] = typer.Option(None, "--epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     learning_rate: Optional[float] = typer.Option(None, "--lr"),
@@ -208,7 +209,7 @@ def train(
     """Train the student on the teacher (sequence-level or token-level KD); resumes from checkpoints."""
     cfg = load_config(
         config, workdir, train__method=method, train__loss=loss, train__beta=beta, train__temperature=temperature,
-        train__max_steps=max_steps, train__epochs=epochs, train__batch_size=batch_size,
+        train__max_steps=max_steps, train__max_minutes=max_minutes, train__epochs=epochs, train__batch_size=batch_size,
         train__learning_rate=learning_rate, train__name=name,
     )
     _train(cfg, force)
@@ -219,6 +220,7 @@ def _train(cfg: DistillConfig, force: bool = False) -> None:
 
     s = _run(run_train, cfg, progress=sys.stderr.isatty(), force=force)
     resumed = f", resumed at step {s.resumed_from}" if s.resumed_from else ""
+    resumed += f", stopped by the time budget after step {s.stopped_at}" if s.stopped_at else ""
     err.print(
         f"train {s.method}/{s.loss}: {s.steps} steps on {s.examples} answers{resumed}; loss "
         f"{s.first_loss if s.first_loss is None else round(s.first_loss, 4)} -> "

@@ -138,6 +138,8 @@ class TrainConfig(BaseModel):
     grad_accum: int = Field(1, ge=1)
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = None
+    #: wall-clock budget: stop after the step that crosses it and save the model (None = no limit)
+    max_minutes: float | None = Field(None, gt=0)
     max_length: int = Field(384, ge=16)
     #: prepend the teacher's reasoning trace (<think>...</think>) to the answer target
     include_reasoning: bool = True

@@ -45,6 +45,8 @@ class TrainSummary:
     last_loss: float | None
     seconds: float
     tokens: int
+    #: steps actually run when max_minutes stopped training before ``steps``
+    stopped_at: int | None = None
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -159,6 +161,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
     log_path = out / "train_log.jsonl"
     first_loss = last_loss = None
     tokens = 0
+    stopped_at = None
     t0 = time.perf_counter()
     bar = Progress(
         TextColumn(f"train {t.run_name()}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -184,6 +187,9 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
             log.write(json.dumps({"step": step + 1, "loss": step_loss, **parts, "lr": sched.get_last_lr()[0]}) + "\n")
             log.flush()
             bar.update(task, advance=1, loss=f"{step_loss:.4f}")
+            if t.max_minutes is not None and time.perf_counter() - t0 > 60 * t.max_minutes and step + 1 < total:
+                stopped_at = step + 1
+                break
             if (step + 1) % t.save_every == 0 and step + 1 < total:
                 _save_checkpoint(student, tok, opt, sched, step + 1, ckpt)
 
@@ -192,7 +198,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
     tok.save_pretrained(out)
     summary = TrainSummary(
         out, t.method, t.loss if t.method != "sft" else "ce", total, resumed_from, len(examples), skipped,
-        first_loss, last_loss, time.perf_counter() - t0, tokens,
+        first_loss, last_loss, time.perf_counter() - t0, tokens, stopped_at,
     )
     (out / "distill_train.json").write_text(
         json.dumps({**asdict(summary), "output": str(out), "config": json.loads(t.model_dump_json())}, indent=2)
