@@ -164,6 +164,9 @@ def main() -> None:
     v = {x["account"]: x for x in res.verdicts}
     ours = metrics(labels, {a: x["score"] for a, x in v.items()}, {a: x["flagged"] for a, x in v.items()},
                    {a: x["requests_before_flag"] for a, x in v.items()}, {a: x["cluster"] for a, x in v.items()})
+    members = [a for a in labels if labels[a]["group"]]
+    ours["hydra"]["members_whose_own_peak_risk_stayed_below_threshold"] = sum(
+        1 for a in members if det.accounts[a].peak_own < det.threshold)
     ours["replay_events_per_s"] = res.events_per_s
     ours["replay_seconds"] = res.seconds
     ours["threshold"] = cal["threshold"]

@@ -33,7 +33,7 @@ from distillguard.watermark.detect import prefix_p_values  # noqa: E402
 from distillguard.watermark.schemes import SchemeParams, Watermark  # noqa: E402
 
 THRESH = 1e-5
-HORIZON = 200
+HORIZON = 200  # tokens; set by --horizon
 SIM: dict[str, SchemeParams] = {
     "kgw_g25_d2": SchemeParams(gamma=0.25, delta=2.0),
     "kgw_g25_d3": SchemeParams(gamma=0.25, delta=3.0),
@@ -74,7 +74,7 @@ def summarise(steps: list[float], nll: list[np.ndarray], base_nll: list[np.ndarr
     out = {
         "answers": len(steps),
         "median_tokens_to_p<1e-5": float(np.median(s)) if len(s) else None,
-        "share_never_within_200": float(np.mean(~np.isfinite(s))) if len(s) else None,
+        f"share_never_within_{HORIZON}": float(np.mean(~np.isfinite(s))) if len(s) else None,
         "mean_tokens_when_reached": float(np.mean(s[np.isfinite(s)])) if np.isfinite(s).any() else None,
         "ppl": float(np.exp(np.concatenate(nll).mean())) if nll else None,
         "mean_length": float(np.mean([len(x) for x in nll])) if nll else None,
@@ -90,7 +90,10 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--name", default="watermark_power")
+    ap.add_argument("--horizon", type=int, default=200)
     a = ap.parse_args()
+    global HORIZON
+    HORIZON = a.horizon
 
     import torch
     from rich.progress import track
@@ -211,7 +214,7 @@ def main() -> None:
             "prompt_source": "../shared/datasets chat sets (vicuna, mt_bench turn 1, self-instruct), shuffled seed 1234; idx >= 40 (report split)",
             "real_params": {k: v.describe() for k, v in REAL_PARAMS.items() if k in real_names},
             "sim_params": {k: v.describe() for k, v in SIM.items()},
-            "note": "never = p >= 1e-5 after min(answer length, 200) tokens; answers that end early count as never",
+            "note": f"never = p >= 1e-5 after min(answer length, {HORIZON}) tokens; answers that end early count as never",
         },
         "unwatermarked": summarise([], base_nll, None) | {"answers": len(base_nll)},
         "real": {k: summarise(real_steps[k], real_nll[k], real_base_nll[k]) for k in real_names},

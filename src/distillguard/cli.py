@@ -9,6 +9,7 @@ import typer
 from distillguard.detect.cli import app as detect_app
 from distillguard.distill.cli import app as distill_app
 from distillguard.gateway.cli import serve
+from distillguard.intel.cli import app as intel_app
 from distillguard.store.cli import accounts_app, events_app, keys_app
 from distillguard.watermark.cli import app as watermark_app
 
@@ -25,6 +26,7 @@ app.add_typer(events_app, name="events", help="Export the exchange log (JSONL, s
 app.add_typer(detect_app, name="detect", help="Detect distillation campaigns in exchange logs.")
 app.add_typer(watermark_app, name="watermark", help="Watermark detection and radioactivity audits.")
 app.add_typer(distill_app, name="distill", help="Distil a teacher into a smaller student.")
+app.add_typer(intel_app, name="intel", help="Share distillation threat intelligence (STIX 2.1).")
 
 
 def main() -> None:  # pragma: no cover - entry point

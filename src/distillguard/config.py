@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from distillguard.detect.config import DetectConfig
 from distillguard.distill.config import DistillConfig
+from distillguard.policy.config import PolicyConfig
 from distillguard.watermark.config import WatermarkConfig
 
 
@@ -98,6 +99,7 @@ class Settings(BaseSettings):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -86,3 +86,10 @@ def test_logits_needs_local_teacher(run_cfg):
     run_cfg.train.method = "logits"
     with pytest.raises(DataError, match="local teacher"):
         train(run_cfg, progress=False)
+
+
+def test_time_budget_stops_and_saves(run_cfg):
+    run_cfg.train.method, run_cfg.train.max_steps, run_cfg.train.max_minutes = "sft", 50, 1e-6
+    s = train(run_cfg, progress=False)
+    assert s.stopped_at == 1 and (s.output / "model.safetensors").is_file()
+    assert not (s.output / "checkpoint").exists()

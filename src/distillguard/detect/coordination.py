@@ -207,4 +207,4 @@ class Linker:
         value = self.strength(cid)
         shared = ", ".join(f"{k.replace('_', ' ')} ({n} pairs)" for k, n in kinds.most_common())
         shown = ", ".join(members[:5]) + (" ..." if size > 5 else "")
-        return value, f"linked with {size - 1} other account(s) [{shown}] by {shared}"
+        return value, f"one of {size} linked accounts [{shown}]; pairs share {shared}"

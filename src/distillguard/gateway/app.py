@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -35,6 +35,7 @@ from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.middleware import GatewayMiddleware
 from distillguard.gateway.openai_routes import CHAT, COMPLETIONS, Gateway
 from distillguard.gateway.policy import AllowAll
+from distillguard.gateway.shield import Shield
 from distillguard.store.base import EventBus, Store
 
 log = logging.getLogger("distillguard.gateway")
@@ -47,11 +48,14 @@ def create_app(
     bus: EventBus | None = None,
     *,
     policy: Any = None,
+    shield: Shield | None = None,
     key_cache_ttl_s: float = 2.0,
     close_given: bool = False,
 ) -> FastAPI:
     """``close_given``: also close the engine/store/bus passed in when the app shuts down
-    (``serve`` builds them up front so that start-up errors are one clear line)."""
+    (``serve`` builds them up front so that start-up errors are one clear line).
+    ``shield``: watermark, detection worker and risk policy (``serve`` builds one); it is started
+    with the app and stopped after the last event is written."""
     settings = settings if settings is not None else load_settings()
     metrics = Metrics()
 
@@ -82,6 +86,8 @@ def create_app(
         s = app.state
         s.engine, s.store, s.bus, s.writer, s.keys, s.limiter = eng, st, b, writer, keys, limiter
         s.gateway = Gateway(settings, eng, keys, limiter, writer, b, metrics, s)
+        if shield is not None:
+            shield.start()
         log.info("serving model %r on %s", eng.model_name, type(eng).__name__)
         try:
             yield
@@ -91,6 +97,8 @@ def create_app(
             left = writer.close(timeout=settings.server.shutdown_grace_s)
             if left:
                 log.error("%d exchange events could not be written before shutdown", left)
+            if shield is not None:
+                shield.stop()
             limiter.close()
             for thing in (b, st):
                 if thing in owned:
@@ -101,6 +109,9 @@ def create_app(
     app = FastAPI(title="DistillGuard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.shield = shield
+    if policy is None and shield is not None:
+        policy = shield.policy
     app.state.policy = policy if policy is not None else AllowAll()
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.server.max_body_bytes, metrics=metrics)
 
@@ -138,8 +149,62 @@ def create_app(
     ):
         app.router.routes.append(Route(path, endpoint, methods=[method]))
     app.include_router(admin_router)
+    if shield is not None:
+        _mount_shield_admin(app, settings, shield)
     _install_error_handlers(app)
     return app
+
+
+def _mount_shield_admin(app: FastAPI, settings: Settings, shield: Shield) -> None:
+    """Review (flagged accounts, exempt, ban, verify, explain), detection state and watermark
+    detection under /admin, behind the same admin token."""
+    from fastapi import Depends
+
+    from distillguard.gateway.admin import require_admin
+
+    guard = [Depends(require_admin)]
+    if shield.policy is not None:
+        from distillguard.policy.admin_routes import build_router as policy_router
+
+        app.include_router(policy_router(state=app.state, dependencies=guard, policy_file=settings.policy.file),
+                           prefix="/admin")
+    extra = APIRouter(prefix="/admin", dependencies=guard, tags=["admin"])
+
+    @extra.get("/detect/accounts/{name}")
+    async def detect_account(name: str) -> Response:
+        if shield.detector is None:
+            raise APIError(404, "Detection is off on this server (detect.enabled = false).", code="detect_disabled")
+        with shield.worker.lock:
+            verdict = shield.detector.verdict(name)
+        return Response(orjson.dumps(verdict), media_type="application/json")
+
+    @extra.get("/detect/clusters")
+    async def detect_clusters() -> Response:
+        if shield.detector is None:
+            raise APIError(404, "Detection is off on this server (detect.enabled = false).", code="detect_disabled")
+        with shield.worker.lock:
+            clusters = shield.detector.clusters()
+        return Response(orjson.dumps({"clusters": clusters}), media_type="application/json")
+
+    @extra.post("/watermark/detect")
+    async def watermark_detect(request: Request) -> Response:
+        wm = shield.watermark
+        if wm is None or wm.keys is None:
+            raise APIError(404, "No watermark key is configured (watermark.key_file or its key_env).", code="watermark_disabled")
+        try:
+            body = orjson.loads(await request.body())
+            text = body["text"]
+            fpr = body.get("fpr")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise APIError(400, 'The body must be JSON like {"text": "...", "fpr": 1e-5}.', param="text") from None
+        if not isinstance(text, str):
+            raise APIError(400, "'text' must be a string.", param="text")
+        result = await run_in_threadpool(wm.detect_text, text, fpr)
+        if "error" in result:  # too short, another tokenizer...: the message says what to fix
+            raise APIError(400, str(result["error"]), param="text")
+        return Response(orjson.dumps(result), media_type="application/json")
+
+    app.include_router(extra)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

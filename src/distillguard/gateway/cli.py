@@ -27,6 +27,7 @@ def serve(
     from distillguard.engines.base import EngineError
     from distillguard.engines.factory import build_engine
     from distillguard.gateway.app import create_app
+    from distillguard.gateway.shield import Shield
     from distillguard.store import StoreUnavailable, build_bus, open_store
 
     try:
@@ -52,7 +53,11 @@ def serve(
     except (StoreUnavailable, ValueError) as exc:
         _fail(str(exc), 1)
 
-    app = create_app(settings, engine=engine, store=store, bus=bus, close_given=True)
+    try:
+        shield = Shield.build(settings, store, bus, config_file=config)
+    except (ValueError, OSError) as exc:  # bad threshold file, missing watermark key, ...
+        _fail(f"cannot start the shield: {exc}", 1)
+    app = create_app(settings, engine=engine, store=store, bus=bus, shield=shield, close_given=True)
     s = settings.server
     shown = f"[{s.host}]" if ":" in s.host else s.host
     print(

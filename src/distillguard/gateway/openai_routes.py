@@ -45,6 +45,7 @@ from distillguard.gateway.errors import APIError, invalid, rate_limited
 from distillguard.gateway.limits import LimitExceeded, Limiter, Reservation
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.policy import VERIFY_MESSAGE, Decision, PolicyContext
+from distillguard.policy import degrade
 from distillguard.store.base import StoreUnavailable
 
 log = logging.getLogger("distillguard.gateway")
@@ -78,6 +79,7 @@ class Exchange:
     decision: Decision | None = None
     reservation: Reservation | None = None
     prompt_tokens: int = 0
+    degrade_seed: int = 0
 
 
 class Gateway:
@@ -100,6 +102,7 @@ class Gateway:
         self.bus = bus
         self.metrics = metrics
         self.state = app_state  # app.state: the policy is read per request, so it can be swapped live
+        self.shield = getattr(app_state, "shield", None)  # watermark processors (gateway/shield.py)
         self.created = int(time.time())
         self._tasks: set[asyncio.Task] = set()
 
@@ -192,16 +195,30 @@ class Gateway:
 
         decision = await self._decide(ex, tier_name, prompt_tokens)
         ex.decision = decision
-        if decision.strips_logprobs():
+        n = req.n
+        plan = getattr(decision, "degrade", None)  # a risk policy's DegradePlan (policy/degrade.py)
+        if plan is not None:
+            try:
+                want_logprobs, top_logprobs, n = degrade.cap_request(plan, want_logprobs, top_logprobs, req.n)
+            except degrade.LogprobsRefused as exc:
+                raise invalid(str(exc), param="logprobs") from None
+            ex.degrade_seed = degrade.noise_seed(principal.account.name, body)
+        elif decision.strips_logprobs():
             want_logprobs, top_logprobs = False, 0
-        if decision.logits_processors and not engine.supports_logits_processors:
+        temperature = 1.0 if req.temperature is None else req.temperature
+        top_p = 1.0 if req.top_p is None else req.top_p
+        # A policy's stronger watermark replaces the ordinary one, never both.
+        processors = list(decision.logits_processors)
+        if not processors and self.shield is not None:
+            processors = self.shield.processors_for(principal.account.name, tier_name, temperature, top_p)
+        if processors and not engine.supports_logits_processors:
             raise APIError(
                 500,
                 f"The policy attached logits processors but the {type(engine).__name__} engine cannot apply them.",
                 code="policy_engine_mismatch",
             )
 
-        reserve = prompt_tokens + max_tokens * req.n
+        reserve = prompt_tokens + max_tokens * n
         try:
             ex.reservation = await self.limiter.reserve(
                 principal.key.key_id, principal.account.name, tier, reserve, decision.limit_scale
@@ -212,14 +229,14 @@ class Gateway:
 
         params = SamplingParams(
             max_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
+            temperature=temperature,
+            top_p=top_p,
             stop=req.stop_list(),
             seed=req.seed,
-            n=req.n,
+            n=n,
             logprobs=want_logprobs,
             top_logprobs=top_logprobs,
-            logits_processors=list(decision.logits_processors),
+            logits_processors=processors,
         )
         if req.stream:
             return await self._stream(ex, prompt, params, chat, req.include_usage())
@@ -311,8 +328,14 @@ class Gateway:
             "usage": usage,
             "system_fingerprint": None,
         }
+        plan = getattr(ex.decision, "degrade", None)
+        if plan is not None:
+            payload = degrade.apply_to_response(payload, plan, seed=ex.degrade_seed)
+            # the log keeps what was returned (shared/spec/events.md)
+            text = "\n".join((c["message"]["content"] or "") if chat else c["text"] for c in payload["choices"])
+        else:
+            text = "\n".join(c.text for c in result.choices)
         content = orjson.dumps(payload)
-        text = "\n".join(c.text for c in result.choices)
         finish = result.choices[0].finish_reason if result.choices else None
         self._settle(ex, result.prompt_tokens + result.completion_tokens)
         self._log(ex, 200, text, finish, result.prompt_tokens, result.completion_tokens)
@@ -363,6 +386,22 @@ class Gateway:
             "model": self.engine.model_name,
         }
         want_lp = params.logprobs
+        plan = getattr(ex.decision, "degrade", None)
+        sd = degrade.StreamDegrader(plan, seed=ex.degrade_seed) if plan is not None else None
+        sent: list[list[str]] = [[] for _ in range(n)]  # what the client got, when degraded
+
+        def out(choice: dict[str, Any]) -> bytes | None:
+            obj: dict[str, Any] | None = {**base, "choices": [choice]}
+            if sd is not None:
+                obj = sd.process(obj)
+                if obj is None:
+                    return None
+                for c in obj["choices"]:
+                    piece = (c.get("delta") or {}).get("content") if chat else c.get("text")
+                    if piece:
+                        sent[int(c.get("index", 0))].append(piece)
+            return _sse_line(obj)
+
         try:
             if chat:  # OpenAI opens each choice with the role
                 for i in range(n):
@@ -386,7 +425,9 @@ class Gateway:
                         choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": chunk.finish_reason}
                     else:
                         choice = {"index": i, "text": chunk.text, "logprobs": lp, "finish_reason": chunk.finish_reason}
-                    yield _sse_line({**base, "choices": [choice]})
+                    line = out(choice)
+                    if line is not None:
+                        yield line
                 try:
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
@@ -394,6 +435,11 @@ class Gateway:
             self.metrics.observe_engine(ex.endpoint, time.perf_counter() - t_engine)
             if prompt_tokens is None:  # an engine that did not report usage: count what we saw
                 prompt_tokens, completion_tokens = 0, pieces
+            if sd is not None:  # text still held back inside an unclosed <think> block
+                for c in sd.flush(chat):
+                    piece = (c.get("delta") or {}).get("content") if chat else c.get("text")
+                    sent[int(c["index"])].append(piece or "")
+                    yield _sse_line({**base, "choices": [c]})
             if include_usage:
                 yield _sse_line({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens or 0)})
             status = 200
@@ -411,7 +457,7 @@ class Gateway:
             # Cut short, the engine reported no usage: count the prompt and the pieces sent.
             used_prompt = prompt_tokens if prompt_tokens is not None else ex.prompt_tokens
             used_completion = completion_tokens if completion_tokens is not None else pieces
-            text = "\n".join("".join(t) for t in texts)
+            text = "\n".join("".join(t) for t in (sent if sd is not None else texts))
             reason = finish[0] if status == 200 else ("error" if error else "disconnected")
             self._log(ex, status, text, reason, used_prompt, used_completion)
             self._settle(ex, used_prompt + used_completion)
