@@ -73,7 +73,8 @@ def summarise(steps: list[float], nll: list[np.ndarray], base_nll: list[np.ndarr
     s = np.array(steps)
     out = {
         "answers": len(steps),
-        "median_tokens_to_p<1e-5": float(np.median(s)) if len(s) else None,
+        # null = more than half the answers never got there (the median is "never")
+        "median_tokens_to_p<1e-5": float(np.median(s)) if len(s) and np.isfinite(np.median(s)) else None,
         f"share_never_within_{HORIZON}": float(np.mean(~np.isfinite(s))) if len(s) else None,
         "mean_tokens_when_reached": float(np.mean(s[np.isfinite(s)])) if np.isfinite(s).any() else None,
         "ppl": float(np.exp(np.concatenate(nll).mean())) if nll else None,

@@ -9,6 +9,7 @@ from distillguard.engines.base import SamplingParams
 from distillguard.watermark.audit import (
     Example,
     TupleSet,
+    audit_loaded_model,
     audit_open_weights,
     load_examples,
     reading_tuples,
@@ -72,7 +73,7 @@ def test_load_examples_from_events_and_text(tmp_path):
 
 
 @pytest.mark.slow
-def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine, tmp_path):
+def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine):
     """Reading mode: the tiny model before (H0) and after a short fit on watermarked text."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -95,7 +96,7 @@ def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine, tmp
     assert len(vocab) >= 20
     texts = []
     # short texts: reading mode skips tuples the suspect could copy from earlier in the same text
-    for _ in range(150):
+    for _ in range(100):
         ids = [int(rng.choice(vocab))]
         for _ in range(11):
             logits = np.full(49152, -np.inf, dtype=np.float32)
@@ -113,16 +114,15 @@ def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine, tmp
     assert before.p_value > 1e-3
 
     model = AutoModelForCausalLM.from_pretrained(tiny)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
     model.train()
-    for step in range(300):  # ~20 epochs: enough to learn which successors of each word are green
+    for step in range(150):  # ~8 epochs: enough to learn which successors of each word are green
         batch = torch.tensor([enc[(step * 8 + j) % len(enc)] for j in range(8)])
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
-    model.save_pretrained(tmp_path / "student")
-    tok.save_pretrained(tmp_path / "student")
-    after = audit_open_weights(tmp_path / "student", examples, params, ring, control_keys=3, progress=False)
+    model.eval()
+    after = audit_loaded_model(model, tok, examples, params, ring, control_keys=3, progress=False)
     assert after.p_value < 1e-4, after
     assert min(after.control["random_key_p_values"]) > 1e-4

@@ -255,6 +255,26 @@ def audit_open_weights(
 ) -> AuditResult:
     started = time.time()
     model, tok = load_suspect(suspect)
+    return audit_loaded_model(model, tok, examples, params, keys, str(suspect), reference_tokenizer, filter_seen,
+                              control_keys, reference_model, progress, started)
+
+
+def audit_loaded_model(
+    model: Any,
+    tok: Any,
+    examples: list[Example],
+    params: SchemeParams,
+    keys: KeyRing,
+    suspect: str = "in-memory model",
+    reference_tokenizer: Any | None = None,
+    filter_seen: bool = False,
+    control_keys: int = 5,
+    reference_model: Path | str | None = None,
+    progress: bool = True,
+    started: float | None = None,
+) -> AuditResult:
+    """Reading mode on an already loaded transformers model and tokenizer."""
+    started = time.time() if started is None else started
     check_tokenizer(tok, reference_tokenizer)
     encoded = [_encode_example(tok, ex) for ex in examples]
     allowed = None
@@ -268,7 +288,7 @@ def audit_open_weights(
         rset = _read_all(ref_model, encoded, params.context_width, allowed, progress, "reading reference")
         best = min((rset.score(params, k.secret) for k in keys.keys), key=lambda s: s.p_value)
         reference = ScoredSet(best.tuples, best.score, min(1.0, best.p_value * len(keys)))
-    return _conclude("open-weights", str(suspect), len(examples), tset, params, keys, control_keys, started, reference)
+    return _conclude("open-weights", suspect, len(examples), tset, params, keys, control_keys, started, reference)
 
 
 def _read_all(model: Any, encoded: list[tuple[list[int], list[int]]], h: int,
