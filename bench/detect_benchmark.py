@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from distillguard.detect.baseline import WindowedMMD  # noqa: E402
-from distillguard.detect.calibrate import _half, calibrate, threshold_for_fpr, write_calibration  # noqa: E402
+from distillguard.detect.calibrate import calibrate, is_reference_account, threshold_for_fpr, write_calibration  # noqa: E402
 from distillguard.detect.config import DetectConfig  # noqa: E402
 from distillguard.detect.online import OnlineDetector  # noqa: E402
 from distillguard.detect.replay import replay, write_verdicts  # noqa: E402
@@ -141,7 +141,7 @@ def main() -> None:
         base = WindowedMMD(emb, cal["reference_prompts"], embed_full_first=cfg.embed_full_first, embed_every=cfg.embed_every)
         base.run(tune_events)
         bs = base.scores()
-        base_thr, _ = threshold_for_fpr([bs[a] for a in bs if _half(a) == 1], args.target_fpr)
+        base_thr, _ = threshold_for_fpr([bs[a] for a in bs if not is_reference_account(a)], args.target_fpr)
         log(f"baseline calibrated: threshold {base_thr:.4f}")
     del tune_events
 

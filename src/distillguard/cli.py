@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import typer
 
+from distillguard.arena.cli import app as arena_app
 from distillguard.detect.cli import app as detect_app
 from distillguard.distill.cli import app as distill_app
 from distillguard.gateway.cli import serve
@@ -27,6 +28,7 @@ app.add_typer(detect_app, name="detect", help="Detect distillation campaigns in 
 app.add_typer(watermark_app, name="watermark", help="Watermark detection and radioactivity audits.")
 app.add_typer(distill_app, name="distill", help="Distil a teacher into a smaller student.")
 app.add_typer(intel_app, name="intel", help="Share distillation threat intelligence (STIX 2.1).")
+app.add_typer(arena_app, name="arena", help="Run a real distillation attack against the shielded model; report.")
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distillguard.cli import app
-from distillguard.detect.calibrate import CalibrationError, _half, calibrate, threshold_for_fpr
+from distillguard.detect.calibrate import CalibrationError, calibrate, is_reference_account, threshold_for_fpr
 from distillguard.detect.embed import HashingEmbedder
 from distillguard.detect.online import OnlineDetector
 from distillguard.detect.traffic import Mix, build_traffic, load_corpora, write_jsonl
@@ -37,7 +37,7 @@ def test_calibration_respects_target_fpr_on_benign_only_data(benign):
     for b in iter_batches(events, 256):
         det.process_batch(b)
     det.finish()
-    scored = [a for a in det.accounts if _half(a) == 1]
+    scored = [a for a in det.accounts if not is_reference_account(a)]
     fp = sum(1 for a in scored if det.accounts[a].flagged_at is not None)
     assert fp / len(scored) <= 0.05 + 1e-9
     assert cal["achieved_fpr"] <= 0.05

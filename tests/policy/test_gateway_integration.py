@@ -20,6 +20,10 @@ from distillguard.policy.state import Review, RiskBoard
 from distillguard.store.sql import SqlStore
 
 
+REPLY = "<think>secret steps 3+4=7</think>The answer is 7."
+PIECES = ["<th", "ink>secret st", "eps 3+4=7</thi", "nk>The answer", " is 7."]
+
+
 class TinyEngine(Engine):
     model_name = "smollm2"
     supports_logprobs = True
@@ -29,11 +33,14 @@ class TinyEngine(Engine):
         return 5
 
     async def generate(self, prompt, params: SamplingParams) -> GenerationResult:  # noqa: ANN001
-        lps = [TokenLogprob("ok", -0.1, [("ok", -0.1), ("no", -2.0)][: params.top_logprobs])] if params.logprobs else None
-        return GenerationResult([Choice("ok", "stop", logprobs=lps) for _ in range(params.n)], 5, params.n)
+        lps = [TokenLogprob("ok", -0.1, [("ok", -0.1), ("no", -2.0), ("maybe", -3.0)][: params.top_logprobs])] if params.logprobs else None
+        return GenerationResult([Choice(REPLY, "stop", logprobs=lps) for _ in range(params.n)], 5, params.n)
 
     async def stream(self, prompt, params: SamplingParams) -> AsyncIterator[StreamChunk]:  # noqa: ANN001
-        yield StreamChunk(0, "ok", "stop", prompt_tokens=5, completion_tokens=1)
+        for j, piece in enumerate(PIECES):
+            last = j == len(PIECES) - 1
+            yield StreamChunk(0, piece, "stop" if last else None, prompt_tokens=5 if last else None,
+                              completion_tokens=len(PIECES) if last else None)
 
 
 THR = 0.9
@@ -67,11 +74,29 @@ def test_policy_in_the_gateway(setup) -> None:  # noqa: ANN001
     board.set_risk("certain", risk_at(1.9, THR))
     board.set_review("banned", Review("banned", by="ops"))
 
-    r = chat(client, secrets["good"], logprobs=True, top_logprobs=2)
-    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is not None
+    r = chat(client, secrets["good"], logprobs=True, top_logprobs=3, n=2)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2
+    good = r.json()["choices"][0]
+    assert good["message"]["content"] == REPLY and good["logprobs"]["content"][0]["logprob"] == -0.1
 
-    r = chat(client, secrets["flagged"], logprobs=True, top_logprobs=2)
-    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None  # today's gateway: degrade strips
+    r = chat(client, secrets["flagged"], logprobs=True, top_logprobs=3, n=2)
+    assert r.status_code == 200
+    choices = r.json()["choices"]
+    assert len(choices) == 1  # n capped
+    assert choices[0]["message"]["content"] == "<think>[reasoning withheld]</think>The answer is 7."
+    lp = choices[0]["logprobs"]
+    if lp is not None:  # noised and capped (a gateway that strips instead returns None)
+        item = lp["content"][0]
+        assert len(item["top_logprobs"]) == 2 and abs(item["logprob"] + 0.1) <= 0.7 * 2.5 + 1e-9
+
+    with client.stream("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {secrets['flagged']}"},
+                       json={"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "stream": True}) as resp:
+        body = "".join(resp.iter_text())
+    import json as _json
+
+    streamed = "".join((_json.loads(line[6:])["choices"] or [{}])[0].get("delta", {}).get("content", "")
+                       for line in body.splitlines() if line.startswith("data: {"))
+    assert streamed == "<think>[reasoning withheld]</think>The answer is 7." and "secret" not in body
 
     r = chat(client, secrets["certain"])
     assert r.status_code == 403 and r.json()["error"]["code"] == "verification_required"
@@ -81,7 +106,7 @@ def test_policy_in_the_gateway(setup) -> None:  # noqa: ANN001
     assert r.status_code == 403 and r.json()["error"]["code"] == "account_blocked"
 
     deadline = time.time() + 5
-    while store.count_events() < 4:
+    while store.count_events() < 5:
         assert time.time() < deadline
         time.sleep(0.05)
     decisions = {ev.account: ev.decision for ev in store.iter_events()}

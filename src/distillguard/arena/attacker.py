@@ -45,14 +45,14 @@ def distill_config(sc: Scenario, workdir: Path, dataset: Path, model_path: Path 
     return DistillConfig.model_validate({
         "workdir": workdir,
         "heldout_fraction": d.heldout_fraction,
-        "teacher": {"kind": "local", "model_path": model_path, "n_threads": 2},
+        "teacher": {"kind": "local", "model_path": model_path, "n_threads": sc.engine_threads},
         "collect": {"output": dataset},
         "student": {"num_layers": d.num_layers, "output": workdir.parent / "student-init"},
         "train": {"method": "sft", "name": name, "max_steps": d.max_steps, "batch_size": d.batch_size,
                   "max_length": d.max_length, "learning_rate": d.learning_rate, "warmup_steps": min(4, d.max_steps),
-                  "save_every": max(1, d.max_steps), "threads": 2},
+                  "save_every": max(1, d.max_steps), "threads": sc.torch_threads},
         "eval": {"max_prompts": d.eval_prompts, "generate_prompts": d.eval_generate,
-                 "max_new_tokens": d.eval_max_new_tokens, "threads": 2},
+                 "max_new_tokens": d.eval_max_new_tokens, "threads": sc.torch_threads},
     })
 
 

@@ -55,6 +55,9 @@ def labels_of(plans: list[AccountPlan]) -> dict[str, dict[str, Any]]:
 
 def run_arena(sc: Scenario, out: Path, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
+    import torch
+
+    torch.set_num_threads(sc.torch_threads)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     load0 = os.getloadavg()
@@ -110,7 +113,7 @@ def run_arena(sc: Scenario, out: Path, console: Console | None = None) -> dict[s
     stage("topic map and report", console)
     from distillguard.arena.report import topic_map, write_report
 
-    topics = topic_map(events, labels, sc.topics, sc.seed)
+    topics = topic_map(events, labels, sc.topics, sc.seed, threads=sc.torch_threads)
     stage.end()
     wall = time.perf_counter() - t_start
     result = {
@@ -120,7 +123,7 @@ def run_arena(sc: Scenario, out: Path, console: Console | None = None) -> dict[s
         "gateway": {"config": str(server.config_path), "model": sc.model, "model_path": str(model_path or "SmolLM2 GGUF")},
         "corpora": corpora.source,
         "simulated_days": sc.days,
-        "accounts": {"total": len(plans), "attacker": sum(p.label for p in plans),
+        "account_counts": {"total": len(plans), "attacker": sum(p.label for p in plans),
                      "benign": sum(1 - p.label for p in plans)},
         "planned_requests": n_planned,
         "traffic": {"client_requests": len(traffic.sent), "seconds": round(traffic.seconds, 1),
@@ -202,7 +205,8 @@ def _detection(sc: Scenario, events: list[dict[str, Any]], labels: dict[str, dic
     if cfg.embeddings:
         from distillguard.detect.embed import MiniLMEmbedder
 
-        embedder = MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size, threads=2)
+        embedder = MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size,
+                                  threads=sc.torch_threads)
     det, series = M.replay(events, cfg, embedder)
     verdicts = det.verdicts()
     scores = {v["account"]: v["score"] for v in verdicts}

@@ -115,6 +115,11 @@ class Scenario(BaseModel):
     max_real_sleep_s: float = 1.0
     #: stop sending once this many seconds of traffic have passed (the rest counts as not sent)
     traffic_budget_s: float = 600.0
+    #: llama.cpp decoding threads: on a busy 2-core box one thread is ~5x faster than two
+    #: (the second mostly spins at barriers); measured 20-26 vs 4-6 tokens/s at load average 14
+    engine_threads: int = Field(1, ge=1)
+    #: torch threads for training, evaluation, audits and embeddings in the arena process
+    torch_threads: int = Field(1, ge=1)
     #: rate limits of the standard tier (requests per real minute; the limiter runs on the wall clock)
     standard_rpm: int = 60
     personas: list[PersonaSpec]

@@ -86,7 +86,7 @@ def write_config(sc: Scenario, out: Path, model_path: Path | None) -> ArenaServe
     key_file.chmod(0o600)
     store_url = f"sqlite:///{(out / 'arena.db').resolve()}"
     engine: dict[str, Any] = {"kind": "llamacpp" if sc.model == "smollm2" else "hf", "model_name": "smollm2",
-                              "n_ctx": 2048}
+                              "n_ctx": 2048, "n_threads": sc.engine_threads}
     if model_path is not None:
         engine["model_path"] = str(model_path)
     std = sc.standard_rpm

@@ -1,8 +1,9 @@
 """Calibrate the operating threshold on benign traffic to a target account false-positive rate.
 
-The benign log's accounts are split in two by a hash of the account name: one half supplies the
-benign reference sample for the topic signals (stored in the calibration file), the other half is
-replayed and its accounts' peak risks set the threshold. The threshold is the smallest value at
+The benign log's accounts are split by a hash of the account name: a quarter supplies the benign
+reference sample for the topic signals (stored in the calibration file; a few prompts per account
+is all it needs), the other three quarters are held apart from the reference and their accounts'
+peak risks set the threshold. The threshold is the smallest value at
 which at most ``floor(target_fpr * N)`` of those N benign accounts would be flagged. With N below
 ``1 / target_fpr`` that means "above every benign account seen", and the file says so
 (``resolution``). Attack traffic is never used here.
@@ -39,8 +40,9 @@ class CalibrationError(ValueError):
     pass
 
 
-def _half(account: str) -> int:
-    return hashlib.blake2b(account.encode(), digest_size=2).digest()[0] & 1
+def is_reference_account(account: str) -> bool:
+    """A quarter of the benign accounts give the reference sample; the rest are scored."""
+    return hashlib.blake2b(account.encode(), digest_size=2).digest()[0] & 3 == 0
 
 
 def threshold_for_fpr(scores: list[float], target_fpr: float) -> tuple[float, int]:
@@ -58,7 +60,7 @@ def reference_sample(events: list[ExchangeEvent], seed: int = 0) -> list[str]:
     """Up to REFERENCE_SIZE prompts from the reference half, at most a few per account."""
     per: dict[str, list[str]] = defaultdict(list)
     for ev in events:
-        if _half(ev.account) == 0:
+        if is_reference_account(ev.account):
             t = user_text(ev.request).strip()
             if t:
                 per[ev.account].append(t)
@@ -78,7 +80,7 @@ def calibrate(events: list[ExchangeEvent], *, target_fpr: float = 0.001, config:
     if not 0 < target_fpr < 1:
         raise CalibrationError(f"--target-fpr must be between 0 and 1 (got {target_fpr})")
     accounts = {ev.account for ev in events}
-    scored = sorted(a for a in accounts if _half(a) == 1)
+    scored = sorted(a for a in accounts if not is_reference_account(a))
     if len(accounts) < MIN_ACCOUNTS:
         raise CalibrationError(f"benign log has {len(accounts)} accounts; calibration needs at least {MIN_ACCOUNTS} "
                                f"(ideally {math.ceil(1 / target_fpr):,}+ for a {target_fpr:g} false-positive rate)")
@@ -96,7 +98,7 @@ def calibrate(events: list[ExchangeEvent], *, target_fpr: float = 0.001, config:
             progress(len(batch))
     det.finish()
     # all accounts are replayed (linking and population context as in production); only the
-    # held-apart half's peak risks set the threshold
+    # accounts held apart from the reference set the threshold
     scores = [det.accounts[a].score for a in scored]
     thr, k = threshold_for_fpr(scores, target_fpr)
     n = len(scores)
