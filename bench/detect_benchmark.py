@@ -67,6 +67,14 @@ def metrics(labels: dict[str, dict], scores: dict[str, float], flagged: dict[str
         "tpr_at_fpr_0.001_report_roc": tpr_at_fpr(y, s, 0.001),
         "tpr_at_fpr_0.01_report_roc": tpr_at_fpr(y, s, 0.01),
     }
+    solo = np.array([labels[a]["label"] == 1 and not labels[a]["group"] for a in accts])
+    if solo.any():
+        y_solo = y[(y == 0) | solo]
+        s_solo = s[(y == 0) | solo]
+        out["single_account_attackers"] = {
+            "n": int(solo.sum()), "tpr_operating_point": float(f[solo].mean()),
+            "tpr_at_fpr_0.001_report_roc": tpr_at_fpr(y_solo, s_solo, 0.001),
+            "tpr_at_fpr_0.01_report_roc": tpr_at_fpr(y_solo, s_solo, 0.01)}
     single = [rbf[a] for a in accts if labels[a]["label"] == 1 and not labels[a]["group"] and rbf.get(a) is not None]
     out["median_requests_before_flag_single_account"] = float(statistics.median(single)) if single else None
     hyd = [rbf[a] for a in accts if labels[a]["group"] and rbf.get(a) is not None]

@@ -2,9 +2,13 @@
 
   fake         the tests' in-process FakeEngine: auth + validation + policy + limits + logging +
                HTTP serving, and nothing else (the gateway's own cost)
-  openai       OpenAIUpstreamEngine -> stub upstream, as shipped (httpx.AsyncClient)
-  openai-lean  the same engine given a minimal keep-alive HTTP/1.1 transport (defined below;
-               an experiment, not product code) to show what the httpx/httpcore pool costs
+  openai       OpenAIUpstreamEngine -> stub upstream, as shipped (aiohttp ClientSession pool)
+  openai-httpx the same engine on httpx's default pool (httpx.AsyncHTTPTransport()), which is
+               what the engine shipped before it moved to aiohttp
+  openai-httpx-tuned  httpx with every pooled connection kept alive (max_keepalive = max
+               connections = 100) and HTTP/1.1 only: the best plain httpx can do here
+  openai-lean  the engine given a minimal keep-alive HTTP/1.1 transport (defined below;
+               an experiment, not product code): a floor for any HTTP client
 
 CPU time (user + system of this process, getrusage) is measured rather than latency, so the
 numbers hold on a machine shared with other work. Load: a closed loop of --concurrency workers
@@ -82,8 +86,15 @@ def run(mode: str, concurrency: int, seconds: float, stub_url: str) -> dict[str,
 
         engine: Any = FakeEngine()
     else:
-        engine = OpenAIUpstreamEngine(stub_url, model="stub", model_name="smollm2",
-                                      transport=LeanTransport() if mode == "openai-lean" else None)
+        transports: dict[str, Any] = {
+            "openai": lambda: None,
+            "openai-httpx": lambda: httpx.AsyncHTTPTransport(),
+            "openai-httpx-tuned": lambda: httpx.AsyncHTTPTransport(
+                http1=True, http2=False,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=15)),
+            "openai-lean": LeanTransport,
+        }
+        engine = OpenAIUpstreamEngine(stub_url, model="stub", model_name="smollm2", transport=transports[mode]())
     app = create_app(s, engine=engine, store=store)
     port = free_port()
     client = (
@@ -110,6 +121,8 @@ def run(mode: str, concurrency: int, seconds: float, stub_url: str) -> dict[str,
     proc.wait()
     server.should_exit = True
     thread.join(30)
+    if mode != "fake":
+        asyncio.run(engine.aclose())  # the engine was passed in, so the app does not close it
     store.close()
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return {"mode": mode, "concurrency": concurrency, "requests": load["requests"], "errors": load["errors"],
@@ -120,7 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", default="8,64")
     ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--modes", default="fake,openai,openai-lean")
+    ap.add_argument("--modes", default="fake,openai,openai-httpx,openai-httpx-tuned,openai-lean")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway_cpu_split.json")
     args = ap.parse_args()
     try:

@@ -1,4 +1,5 @@
-"""OpenAIUpstreamEngine: request/response mapping (httpx.MockTransport) and a real loopback server."""
+"""OpenAIUpstreamEngine: request/response mapping (httpx.MockTransport) and, for the product's
+aiohttp path, a real loopback server."""
 
 from __future__ import annotations
 
@@ -223,7 +224,44 @@ def upstream_app() -> Any:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/completions")
-    async def broken(request: Request) -> Any:
+    async def completions(request: Request) -> Any:
+        body = await request.json()
+        # the prompt picks the behaviour: "status N" answers N; "chunked" sends JSON without a
+        # Content-Length; "crlf" streams SSE with CRLF line ends split mid-line; "stall" stops
+        # sending mid-stream
+        prompt = body["prompt"]
+        if prompt.startswith("status "):
+            return JSONResponse({"error": {"message": f"upstream says {prompt}"}}, status_code=int(prompt[7:]))
+        reply = {"choices": [{"index": 0, "text": "chunky", "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 2, "completion_tokens": 1}}
+        if prompt == "chunked" and not body.get("stream"):
+            data = json.dumps(reply).encode()
+
+            async def pieces() -> Any:
+                for i in range(0, len(data), 7):
+                    yield data[i:i + 7]
+
+            return StreamingResponse(pieces(), media_type="application/json")
+        if prompt == "crlf":
+            raw = "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in (
+                {"choices": [{"index": 0, "text": "é", "finish_reason": None}]},
+                {"choices": [{"index": 0, "text": "!", "finish_reason": "stop"}]},
+                {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}},
+            )).encode() + b"data: [DONE]\r\n\r\n"
+
+            async def split() -> Any:
+                for i in range(0, len(raw), 5):  # cuts lines, CRLFs and the 2-byte "é"
+                    yield raw[i:i + 5]
+
+            return StreamingResponse(split(), media_type="text/event-stream")
+        if prompt == "stall":
+
+            async def stall() -> Any:
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': 'a', 'finish_reason': None}]})}\n\n"
+                await asyncio.sleep(3)
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(stall(), media_type="text/event-stream")
         return JSONResponse({"error": {"message": "model overloaded"}}, status_code=503)
 
     return app
@@ -281,3 +319,37 @@ def test_connection_refused_is_upstream_error() -> None:
     assert not isinstance(exc.value, UpstreamTimeout) and exc.value.status is None
     with pytest.raises(UpstreamError, match="unreachable"):
         run(collect(e.stream(MSGS, SamplingParams())))
+    run(e.aclose())
+
+
+def test_real_loopback_statuses_bodies_and_stalls() -> None:
+    """The product HTTP path (no injected transport): status mapping, chunked bodies, SSE framing."""
+    with loopback_server() as url:
+
+        async def scenario() -> None:
+            e = OpenAIUpstreamEngine(url, model="m", timeout_s=0.5)
+            try:
+                for status, kind in [(400, EngineError), (404, EngineError), (401, UpstreamError), (429, UpstreamError), (500, UpstreamError)]:
+                    for call in (lambda: e.generate(f"status {status}", SamplingParams()),
+                                 lambda: collect(e.stream(f"status {status}", SamplingParams()))):
+                        with pytest.raises(kind, match=f"upstream says status {status}") as exc:
+                            await call()
+                        assert type(exc.value) is kind
+                        if kind is UpstreamError:
+                            assert exc.value.status == status
+                r = await e.generate("chunked", SamplingParams())
+                assert r.choices[0].text == "chunky" and (r.prompt_tokens, r.completion_tokens) == (2, 1)
+                chunks = await collect(e.stream("crlf", SamplingParams()))
+                assert [(c.text, c.finish_reason) for c in chunks] == [("é", None), ("!", "stop")]
+                assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (1, 2)
+                t = time.perf_counter()
+                with pytest.raises(UpstreamTimeout):
+                    await collect(e.stream("stall", SamplingParams()))
+                assert time.perf_counter() - t < 2.5
+                # after all that the pool still serves
+                r = await e.generate(MSGS, SamplingParams(max_tokens=3))
+                assert r.choices[0].text == "Hello from upstream"
+            finally:
+                await e.aclose()
+
+        run(scenario())

@@ -91,7 +91,7 @@ def run_arena(sc: Scenario, out: Path, console: Console | None = None) -> dict[s
         live = _live_view(server, plans)
     finally:
         code = server.stop()
-    if code not in (0, None):
+    if code not in (0, None, -15):  # uvicorn re-raises SIGTERM after its graceful shutdown
         console.print(f"[yellow]the gateway exited with code {code}; see {server.log_path}[/]")
 
     stage("exporting events and replaying detection", console)
