@@ -45,8 +45,19 @@ def run_step(name: str, args: list[str], log_dir: Path) -> dict:
     _, status, ru = os.wait4(p.pid, 0)
     rec = {"step": name, "command": shlex.join(["distillguard", "distill", *args]), "wall_s": round(time.time() - t0, 1),
            "cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "exit_code": os.waitstatus_to_exitcode(status)}
-    print(json.dumps(rec), flush=True)
+    _log_step(rec)
     return rec
+
+
+STEP_LOG = ROOT / "bench" / "cache" / "steps.jsonl"
+
+
+def _log_step(rec: dict) -> None:
+    """Print and append to bench/cache/steps.jsonl: a rerun that skips finished steps keeps their timings."""
+    rec = {**rec, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(json.dumps(rec), flush=True)
+    with STEP_LOG.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
 
 
 def run_parallel(steps: dict[str, list[str]], log_dir: Path) -> list[dict]:
@@ -60,7 +71,7 @@ def run_parallel(steps: dict[str, list[str]], log_dir: Path) -> list[dict]:
         _, status, ru = os.wait4(p.pid, 0)
         rec = {"step": name, "command": shlex.join(["distillguard", "distill", *args]), "wall_s": round(time.time() - t0, 1),
                "cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "exit_code": os.waitstatus_to_exitcode(status), "parallel": True}
-        print(json.dumps(rec), flush=True)
+        _log_step(rec)
         out.append(rec)
     return out
 
@@ -96,6 +107,7 @@ def main() -> None:
     ap.add_argument("--train-minutes", type=float, default=None, help="wall-clock budget per training run")
     ap.add_argument("--parallel-train", action="store_true", help="run the three trainings at once")
     ap.add_argument("--skip-collect", action="store_true", help="use the cached answers as they are")
+    ap.add_argument("--skip-eval", action="store_true", help="keep the eval results already written")
     ap.add_argument("--speed-prompts", type=int, default=6)
     ap.add_argument("--out", default="bench/results/distill_benchmark.json")
     a = ap.parse_args()
@@ -124,7 +136,8 @@ def main() -> None:
         steps += run_parallel(train_steps, log_dir)
     else:
         steps += [run_step(name, args, log_dir) for name, args in train_steps.items()]
-    steps.append(run_step("eval", ["eval", *c], log_dir))
+    if not a.skip_eval:
+        steps.append(run_step("eval", ["eval", *c], log_dir))
     steps.append(run_step("export", ["export", *c, "--model", str(cfg.students_dir() / "logits-forward_kl"), "--dtype", "q4_1"], log_dir))
 
     train_recs, held = split_records(ROOT / cfg.dataset_path(), cfg.heldout_fraction)
@@ -135,7 +148,9 @@ def main() -> None:
         t0, c0 = time.time(), time.process_time()
         speed = llamacpp_speed(resolve_teacher_path(cfg.teacher.model_path), gguf,
                                [r["messages"] for r in held[: a.speed_prompts]], cfg.eval.max_new_tokens, threads=1)
-        steps.append({"step": "llamacpp_speed", "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)})
+        rec = {"step": "llamacpp_speed", "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+        _log_step(rec)
+        steps.append(rec)
 
     eval_path = ROOT / cfg.eval_output()
     ev = json.loads(eval_path.read_text()) if eval_path.is_file() else None
@@ -158,7 +173,9 @@ def main() -> None:
         "teacher": str(resolve_teacher_path(cfg.teacher.model_path)),
         "answers": {"total": len(load_records(ROOT / cfg.dataset_path())), "train": len(train_recs), "heldout": len(held)},
         "background_steps": [json.loads(x) for f in background if f.is_file() for x in f.read_text().splitlines() if x.strip()],
-        "steps": steps,
+        "steps_this_run": steps,
+        # every step of every run (a rerun skips finished steps; their first timings are here)
+        "step_log": [json.loads(x) for x in STEP_LOG.read_text().splitlines()] if STEP_LOG.is_file() else [],
         "train": train_summaries,
         "eval": ev,
         "llamacpp_decode": speed,

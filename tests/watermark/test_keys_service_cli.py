@@ -98,13 +98,13 @@ def test_settings_load_with_key_env_set(monkeypatch):
 def test_detect_text_end_to_end_with_real_tokenizer(tokenizer, word_ids):
     params = SchemeParams(gamma=0.25, delta=3.0)
     text = _watermarked_text(word_ids, params, SECRET, 120, 0, tokenizer)
-    svc = WatermarkService(WatermarkConfig(enabled=True, delta=3.0), KeyRing.from_secret(SECRET), tokenizer)
+    svc = WatermarkService(WatermarkConfig(enabled=True, scheme="kgw", delta=3.0), KeyRing.from_secret(SECRET), tokenizer)
     res = svc.detect_text(text)
     assert res["verdict"] == "watermarked" and res["p_value"] < 1e-5
     assert SECRET not in json.dumps(res)
     plain = _watermarked_text(word_ids, SchemeParams(delta=0.0), SECRET, 120, 1, tokenizer)
     assert svc.detect_text(plain)["p_value"] > 1e-3
-    wrong = WatermarkService(WatermarkConfig(enabled=True), KeyRing.from_secret(SECRET + "x"), tokenizer)
+    wrong = WatermarkService(WatermarkConfig(enabled=True, scheme="kgw", delta=3.0), KeyRing.from_secret(SECRET + "x"), tokenizer)
     assert wrong.detect_text(text)["p_value"] > 1e-3  # not an error, just not significant
     assert "too short" in svc.detect_text("")["error"]
 
@@ -123,14 +123,14 @@ def test_cli_detect(tmp_path, tokenizer, word_ids, monkeypatch):
     keyf = tmp_path / "k"
     keyf.write_text(SECRET + "\n")
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[watermark]\ndelta = 3.0\n")
+    cfg.write_text("[watermark]\nscheme = \"kgw\"\ndelta = 3.0\n")
     r = runner.invoke(app, ["watermark", "detect", str(f), "--key-file", str(keyf), "--config", str(cfg), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["verdict"] == "watermarked" and out["tokens_scored"] > 50
     # stdin, plain output
     monkeypatch.setenv("WM_TEST_KEY", SECRET)
-    r = runner.invoke(app, ["watermark", "detect", "-", "--key-env", "WM_TEST_KEY"], input=f.read_text())
+    r = runner.invoke(app, ["watermark", "detect", "-", "--key-env", "WM_TEST_KEY", "-c", str(cfg)], input=f.read_text())
     assert r.exit_code == 0 and r.stdout.startswith("watermarked")
     # bad inputs: one line on stderr, non-zero exit, no traceback
     r = runner.invoke(app, ["watermark", "detect", str(tmp_path / "nope.txt"), "--key-file", str(keyf)])
@@ -157,7 +157,7 @@ def test_cli_detect_events_pooled(tmp_path, tokenizer, word_ids):
     keyf = tmp_path / "k"
     keyf.write_text(SECRET)
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[watermark]\ndelta = 3.0\n")
+    cfg.write_text("[watermark]\nscheme = \"kgw\"\ndelta = 3.0\n")
     r = CliRunner().invoke(app, ["watermark", "detect", str(ev), "--events", "--key-file", str(keyf), "-c", str(cfg), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)

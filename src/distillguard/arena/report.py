@@ -85,8 +85,7 @@ def fig_risk(det: dict[str, Any], labels: dict[str, dict[str, Any]], path: Path)
                     zorder=5)
             ax.annotate(r["account"], (r["flagged_after_h"], y), textcoords="offset points", xytext=(4, 6), fontsize=7)
     ax.axhline(det["threshold"], ls="--", color="k", lw=1)
-    ax.text(0, det["threshold"] + 0.01, f"flag threshold {det['threshold']:.2f}"
-            + ("" if det["calibrated"] else " (uncalibrated default)"), fontsize=8)
+    ax.text(0, det["threshold"] + 0.01, f"flag threshold {det['threshold']:.2f}", fontsize=8)
     ax.set_xlabel("simulated hours since the first request")
     ax.set_ylabel("risk (replayed online detector)")
     ax.set_ylim(0, 1.02)
@@ -195,7 +194,7 @@ def fig_watermark(m: dict[str, Any], path: Path) -> bool:
     for b, (_, p) in zip(bars, rows, strict=True):
         ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"p={p:.1e}", ha="center", va="bottom", fontsize=8)
     ax.axhline(-math.log10(0.01), ls="--", color="k", lw=1)
-    ax.text(-0.4, -math.log10(0.01) + 0.1, "p = 0.01", fontsize=8)
+    ax.text(len(rows) - 0.5, -math.log10(0.01), " p = 0.01", fontsize=8, va="center", ha="left")
     ax.set_ylabel("-log10 p-value")
     ax.tick_params(axis="x", labelsize=8)
     ax.set_title("Watermark evidence (higher = stronger evidence the text / model came from this gateway)")
@@ -309,7 +308,7 @@ def write_report(m: dict[str, Any], topics: dict[str, Any], det: dict[str, Any],
     parts += ["<h2>1. Risk over time</h2>",
               f"<p class='note'>The exported events replayed through <code>detect.online.OnlineDetector</code> (each event "
               f"scored only with the events before it), risk = max(own, linked-cluster risk). Threshold "
-              f"{det['threshold']:.2f} ({'calibrated' if det['calibrated'] else 'uncalibrated default: no calibration file was given'}); "
+              f"{det['threshold']:.2f} ({_e(det.get('threshold_note') or 'calibrated')}); "
               f"triangles mark the moment an account was first flagged. Topic signals: "
               f"{'MiniLM embeddings on' if det['embeddings'] else 'off (CI speed)'}.</p>",
               "<img src='risk_over_time.png'>"]

@@ -196,7 +196,8 @@ def _export_events(store_url: str, path: Path) -> list[dict[str, Any]]:
 def detector_config(sc: Scenario) -> Any:
     from distillguard.detect.config import DetectConfig
 
-    return DetectConfig(embeddings=sc.embeddings, link_every_events=sc.link_every_events, link_min_requests=4)
+    return DetectConfig(embeddings=sc.embeddings, link_every_events=sc.link_every_events, link_min_requests=4,
+                        default_threshold=sc.detect_threshold or 0.9)
 
 
 def _detection(sc: Scenario, events: list[dict[str, Any]], labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -221,6 +222,7 @@ def _detection(sc: Scenario, events: list[dict[str, Any]], labels: dict[str, dic
     return {
         "threshold": det.threshold,
         "calibrated": det.calibrated,
+        "threshold_note": sc.threshold_note or ("the detector's uncalibrated default" if not det.calibrated else ""),
         "embeddings": cfg.embeddings,
         "t0": t0,
         "table": table,

@@ -109,6 +109,10 @@ class Scenario(BaseModel):
     concurrency: int = Field(2, ge=1)
     #: MiniLM topic signals in the detector (off only for CI speed)
     embeddings: bool = True
+    #: detector operating threshold for this run (None: the detector's uncalibrated default 0.9);
+    #: say where it comes from in `threshold_note` (it must come from benign traffic only)
+    detect_threshold: float | None = Field(None, gt=0, lt=1)
+    threshold_note: str = ""
     #: the detector relinks accounts every this many events (the worker also relinks when idle)
     link_every_events: int = 50
     #: seconds of real sleep at most per 429 (the simulated clock moves by the full Retry-After)

@@ -102,7 +102,7 @@ def write_config(sc: Scenario, out: Path, model_path: Path | None) -> ArenaServe
                                   "max_tokens": 4096},
         "store": {"url": store_url, "flush_interval_s": 0.2},
         "detect": {"enabled": True, "embeddings": sc.embeddings, "link_every_events": sc.link_every_events,
-                   "link_min_requests": 4},
+                   "link_min_requests": 4, "default_threshold": sc.detect_threshold or 0.9},
         "watermark": {"enabled": True, "key_env": "DISTILLGUARD_WATERMARK_KEY"},
         "policy": {"enabled": True},
     }

@@ -173,7 +173,7 @@ class ExportConfig(BaseModel):
     #: default <workdir>/export
     output: Path | None = None
     #: GGUF tensor type for the weight matrices (norms stay f32)
-    gguf_dtype: Literal["f32", "f16", "q8_0"] = "f16"
+    gguf_dtype: Literal["f32", "f16", "q8_0", "q4_1"] = "f16"
 
 
 class DistillConfig(BaseModel):
