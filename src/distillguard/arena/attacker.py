@@ -98,11 +98,10 @@ def train_and_audit(sc: Scenario, out: Path, server: ArenaServer, collected: dic
 def _audit(sc: Scenario, server: ArenaServer, collected: dict[str, list[dict[str, Any]]], student: Path,
            student_init: Path, control: Path | None) -> dict[str, Any]:
     from distillguard.watermark.audit import Example, audit_open_weights
-    from distillguard.watermark.config import WatermarkConfig
     from distillguard.watermark.keys import KeyRing
     from distillguard.watermark.processors import WatermarkService
 
-    cfg = WatermarkConfig(enabled=True)
+    cfg = server.watermark_config()
     keys = KeyRing.from_secret(server.watermark_key)
     tok = WatermarkService(cfg, keys).tokenizer
     examples = [Example(prompt=r["messages"], answer=r["response"]) for recs in collected.values() for r in recs

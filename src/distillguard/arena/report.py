@@ -249,6 +249,21 @@ min-width:160px}.kpi b{display:block;font-size:22px}.kpi span{font-size:12px;col
 border:1px solid #eee} .note{color:#555;font-size:13px} code{background:#f4f4f4;padding:1px 4px}"""
 
 
+def _attacker_outcomes(m: dict[str, Any]) -> str:
+    acts: dict[str, int] = {}
+    for a in m["accounts"].values():
+        if a.get("label") != 1:
+            continue
+        for k, v in a["actions"].items():
+            acts[f"policy {k}"] = acts.get(f"policy {k}", 0) + v
+        for k, v in a["statuses"].items():
+            if k != "200":
+                acts[f"status {k}"] = acts.get(f"status {k}", 0) + v
+    stopped = {k: v for k, v in (m.get("traffic", {}).get("not_sent") or {}).items() if v}
+    out = ", ".join(f"{k}: {v}" for k, v in sorted(acts.items()))
+    return out + (f"; planned requests never sent (account stopped after 403, or out of time): {stopped}" if stopped else "")
+
+
 def headline(m: dict[str, Any]) -> dict[str, Any]:
     det = m["detection"]
     y = m["attacker_yield"]
@@ -362,7 +377,8 @@ def write_report(m: dict[str, Any], topics: dict[str, Any], det: dict[str, Any],
               f"degraded (reasoning withheld, logprobs noised, stronger watermark). "
               f"<b>Legitimate impact</b> = benign requests answered 429/403 or with a policy action other than allow: "
               f"{imp['impacted']} of {imp['benign_requests']} ({100 * imp['share']:.2f}%) {_e(imp['by_kind'])}; "
-              f"without defences it is 0 by construction.</p>"]
+              f"without defences it is 0 by construction.</p>",
+              f"<p class='note'>What the attacker's requests met: {_e(_attacker_outcomes(m))}.</p>"]
 
     wm = m.get("watermark", {})
     parts += ["<h2>7. Watermark and radioactivity</h2>"]

@@ -243,18 +243,18 @@ def _watermark_evidence(server: ArenaServer, collected: dict[str, list[dict[str,
     texts under a fresh random key (what an unrelated key says: should not be significant)."""
     import secrets as _s
 
-    from distillguard.watermark.config import WatermarkConfig
     from distillguard.watermark.detect import DetectionInputError, Detector
     from distillguard.watermark.keys import KeyRing
     from distillguard.watermark.processors import WatermarkService
 
-    cfg = WatermarkConfig(enabled=True)
+    cfg = server.watermark_config()
     svc = WatermarkService(cfg, KeyRing.from_secret(server.watermark_key))
     texts = [r["response"] for recs in collected.values() for r in recs if r["response"].strip()]
     benign_texts = [(e.get("response") or {}).get("text", "") for e in events
                     if labels.get(e["account"], {}).get("label") == 0 and e.get("status", 200) == 200]
-    out: dict[str, Any] = {"scheme": cfg.scheme_params().__dict__ if hasattr(cfg.scheme_params(), "__dict__") else str(cfg.scheme_params()),
-                           "attacker_texts": len(texts)}
+    import dataclasses
+
+    out: dict[str, Any] = {"scheme": dataclasses.asdict(cfg.scheme_params()), "attacker_texts": len(texts)}
     try:
         r = svc.detector().detect_texts(texts)
         out["attacker"] = {"p_value": r.p_value, "tokens_scored": r.tokens_scored, "score": r.score,

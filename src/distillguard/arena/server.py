@@ -61,6 +61,14 @@ class ArenaServer:
         r.raise_for_status()
         return r.json()
 
+    def watermark_config(self) -> Any:
+        """The served watermark settings, read back from the server's config file."""
+        import tomllib
+
+        from distillguard.watermark.config import WatermarkConfig
+
+        return WatermarkConfig.model_validate(tomllib.loads(self.config_path.read_text())["watermark"])
+
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM: the gateway finishes in-flight requests and writes every event to the store."""
         p = self.proc
@@ -78,6 +86,7 @@ def write_config(sc: Scenario, out: Path, model_path: Path | None) -> ArenaServe
     port = free_port()
     admin_token = secrets.token_hex(16)
     arena_secret = secrets.token_hex(16)
+    from distillguard.watermark.config import WatermarkConfig
     from distillguard.watermark.keys import new_secret
 
     wm_key = new_secret()
@@ -103,7 +112,9 @@ def write_config(sc: Scenario, out: Path, model_path: Path | None) -> ArenaServe
         "store": {"url": store_url, "flush_interval_s": 0.2},
         "detect": {"enabled": True, "embeddings": sc.embeddings, "link_every_events": sc.link_every_events,
                    "link_min_requests": 4, "default_threshold": sc.detect_threshold or 0.9},
-        "watermark": {"enabled": True, "key_env": "DISTILLGUARD_WATERMARK_KEY"},
+        # the scheme is written out so the server and the arena's own detection and audit read
+        # the very same settings from this file (see ArenaServer.watermark_config)
+        "watermark": {"enabled": True, "key_env": "DISTILLGUARD_WATERMARK_KEY", "scheme": WatermarkConfig().scheme},
         "policy": {"enabled": True},
     }
     cfg = out / "server.toml"
