@@ -332,7 +332,8 @@ def main() -> None:
             from litellm_target import litellm_proxy, litellm_version
 
             url, key = stack.enter_context(litellm_proxy(stub, model="smollm2"))
-            targets.append(Target(f"litellm {litellm_version() or ''}".strip(), url, key))
+            targets.append(Target("litellm", url, key))
+            print(f"litellm version: {litellm_version()}", flush=True)
         for spec in args.target:
             name, _, rest = spec.partition("=")
             url, _, key = rest.partition(",")

@@ -31,7 +31,11 @@ def litellm_version() -> str | None:
         return None
     out = subprocess.run([str(LITELLM), "--version"], capture_output=True, text=True,
                          env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
-    return (out.stdout + out.stderr).strip().splitlines()[-1] if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    # prints e.g. "LiteLLM: Current Version = 1.106.2"
+    last = (out.stdout + out.stderr).strip().splitlines()[-1]
+    return last.rsplit("=", 1)[-1].strip()
 
 
 @contextmanager

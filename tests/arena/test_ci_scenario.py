@@ -45,6 +45,11 @@ def test_files_and_report(run: tuple[Path, dict[str, Any]]) -> None:
     for img in imgs:
         assert (out / img).stat().st_size > 1000, img
     assert "Detection table" in html and "Attacker yield" in html
+    # `distillguard arena report DIR` re-renders the same page from metrics.json alone
+    from distillguard.arena.runner import rerender
+
+    (out / "report.html").unlink()
+    assert rerender(out).read_text().count("<h2>") == html.count("<h2>")
 
 
 def test_simulated_clock_and_client_headers_reached_the_log(run: tuple[Path, dict[str, Any]]) -> None:

@@ -23,7 +23,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def shielded(settings: Any, store: Any, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("DISTILLGUARD_WATERMARK_KEY", "shield-test-key-0123456789abcdef")
     settings.watermark.enabled = True
-    settings.watermark.delta = 4.0  # a random tiny model spreads mass thinly: a clear signal fast
     settings.detect.embeddings = False  # MiniLM is exercised by the detection tests
     bus = build_bus("memory")
     shield = Shield.build(settings, store, bus)

@@ -256,7 +256,7 @@ def test_degrade_attaches_a_stronger_watermark_with_the_same_key(board: RiskBoar
     from distillguard.watermark.keys import KeyRing
     from distillguard.watermark.processors import WatermarkService
 
-    service = WatermarkService(WatermarkConfig(enabled=True, delta=2.0), KeyRing.from_secret("k" * 32))
+    service = WatermarkService(WatermarkConfig(enabled=True, scheme="kgw", delta=2.0), KeyRing.from_secret("k" * 32))
     cfg = PolicyConfig()
     cfg.indicators.file = tmp_path / "none.json"
     policy = RiskPolicy(board, cfg, threshold=THR, watermark=service)

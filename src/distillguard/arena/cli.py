@@ -52,6 +52,16 @@ def run(
     sys.stdout.write(json.dumps({"report": str(out / "report.html"), "metrics": str(out / "metrics.json"), **h}) + "\n")
 
 
+@app.command("report")
+def report(out: Path = typer.Argument(..., help="a finished arena run's folder (holds metrics.json)")) -> None:
+    """Write report.html and its PNGs again from a run's metrics.json."""
+    if not (out / "metrics.json").is_file():
+        _fail(f"{out} has no metrics.json: give the --out folder of a finished `distillguard arena run`")
+    from distillguard.arena.runner import rerender
+
+    print(rerender(out))
+
+
 @app.command("scenarios")
 def scenarios() -> None:
     """List the built-in scenarios."""

@@ -114,8 +114,16 @@ def replay(events: list[dict[str, Any]], config: Any, embedder: Any) -> tuple[An
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for raw in sorted(events, key=lambda e: (e["ts"], e.get("id") or "")):
         ev = ExchangeEvent.model_validate(raw)
-        det.process_batch([ev])
-        st = det.accounts[ev.account]
-        series[ev.account].append((ev.ts, float(max(st.own_risk, st.cluster_risk))))
+        # a relink inside this step can change other accounts' (cluster) risk too: record them all
+        for acct in det.process_batch([ev]) | {ev.account}:
+            st = det.accounts[acct]
+            risk = float(max(st.own_risk, st.cluster_risk))
+            if acct == ev.account or not series[acct] or series[acct][-1][1] != risk:
+                series[acct].append((ev.ts, risk))
     det.finish()
+    # the final relink can raise linked accounts (a hydra) after their last event: show that point
+    for acct, st in det.accounts.items():
+        risk = float(max(st.own_risk, st.cluster_risk))
+        if series[acct] and risk > series[acct][-1][1]:
+            series[acct].append((max(det.clock, series[acct][-1][0]), risk))
     return det, dict(series)

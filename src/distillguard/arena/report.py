@@ -78,14 +78,19 @@ def fig_risk(det: dict[str, Any], labels: dict[str, dict[str, Any]], path: Path)
         y = [r for _, r in pts]
         ax.plot(x, y, color="#c0392b" if lab == 1 else "#7f8c8d", alpha=0.9 if lab == 1 else 0.45,
                 lw=1.4 if lab == 1 else 0.9, drawstyle="steps-post")
+    labelled: dict[tuple[float, float], list[str]] = {}
     for r in det["table"]:
         if r["flagged_after_h"] is not None:
             y = next((v for t, v in det["series"].get(r["account"], []) if t >= r["flagged_at"]), det["threshold"])
             ax.plot([r["flagged_after_h"]], [y], marker="v", ms=9, color="black" if r["label"] == 1 else "orange",
                     zorder=5)
-            ax.annotate(r["account"], (r["flagged_after_h"], y), textcoords="offset points", xytext=(4, 6), fontsize=7)
+            labelled.setdefault((round(r["flagged_after_h"], 1), round(y, 2)), []).append(r["account"])
+    for (x, y), names in labelled.items():  # linked accounts flag together: one label for the group
+        text = names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1} linked"
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
     ax.axhline(det["threshold"], ls="--", color="k", lw=1)
-    ax.text(0, det["threshold"] + 0.01, f"flag threshold {det['threshold']:.2f}", fontsize=8)
+    ax.text(1.0, det["threshold"] + 0.01, f"flag threshold {det['threshold']:.2f}", fontsize=8, ha="right",
+            transform=ax.get_yaxis_transform())
     ax.set_xlabel("simulated hours since the first request")
     ax.set_ylabel("risk (replayed online detector)")
     ax.set_ylim(0, 1.02)
@@ -376,7 +381,8 @@ def write_report(m: dict[str, Any], topics: dict[str, Any], det: dict[str, Any],
               f"{y['tokens_without_defences']:,.0f}. {y['degraded_or_throttled']} answered attacker requests were throttled or "
               f"degraded (reasoning withheld, logprobs noised, stronger watermark). "
               f"<b>Legitimate impact</b> = benign requests answered 429/403 or with a policy action other than allow: "
-              f"{imp['impacted']} of {imp['benign_requests']} ({100 * imp['share']:.2f}%) {_e(imp['by_kind'])}; "
+              f"{imp['impacted']} of {imp['benign_requests']} ({100 * imp['share']:.2f}%)"
+              f"{' ' + _e(imp['by_kind']) if imp['by_kind'] else ''}; "
               f"without defences it is 0 by construction.</p>",
               f"<p class='note'>What the attacker's requests met: {_e(_attacker_outcomes(m))}.</p>"]
 
@@ -384,8 +390,9 @@ def write_report(m: dict[str, Any], topics: dict[str, Any], det: dict[str, Any],
     parts += ["<h2>7. Watermark and radioactivity</h2>"]
     if has_wm:
         parts.append("<img src='watermark.png'>")
-    parts.append(f"<p class='note'>Every answer the gateway served carried its keyed green-list watermark (key generated for "
-                 f"this run). Pooled over the {wm.get('attacker_texts', 0)} answers the attacker collected: p = "
+    scheme = (wm.get("scheme") or {}).get("scheme", "?")
+    parts.append(f"<p class='note'>Every answer the gateway served carried its keyed watermark (scheme {_e(scheme)}, key "
+                 f"generated for this run). Pooled over the {wm.get('attacker_texts', 0)} answers the attacker collected: p = "
                  f"{_p((wm.get('attacker') or {}).get('p_value'))} under the gateway's key, p = "
                  f"{_p((wm.get('attacker_random_key') or {}).get('p_value'))} under a random key. "
                  + (f"Radioactivity audit (open weights, reading mode) of the attacker's trained student: p = {_p(ra.get('p_value'))} "
@@ -409,7 +416,9 @@ def write_report(m: dict[str, Any], topics: dict[str, Any], det: dict[str, Any],
                   f"<p class='note'>Held-out collected prompts ({q.get('heldout_prompts_scored')} scored teacher-forced, "
                   f"{q.get('heldout_prompts_generated')} answered greedily). Student trained "
                   f"{(s.get('train') or {}).get('steps')} steps (sequence-level KD on {(s.get('train') or {}).get('examples')} "
-                  f"answers); its initialisation is every-other layers of the served model (an open base model stand-in).</p>"]
+                  f"answers); its initialisation keeps evenly spaced layers of the served model (an open base model "
+                  f"stand-in). The reference for perplexity and ROUGE-L is the answer the attacker received (sampled, "
+                  f"watermarked), so even the teacher's own greedy answer scores below 1.</p>"]
     else:
         parts.append(f"<p>{_e(s.get('skipped') or (s.get('quality') or {}).get('error') or 'not measured')}</p>")
 

@@ -133,13 +133,21 @@ def run_arena(sc: Scenario, out: Path, console: Console | None = None) -> dict[s
         "live": live,
         "watermark": wm,
         "student": student,
-        "topics": {k: v for k, v in topics.items() if k not in ("matrix_account", "matrix_time")},
+        "topics": topics,
         "timing": {"wall_s": round(wall, 1), "stages_s": stage.times, "load_avg_start": load0,
                    "load_avg_end": os.getloadavg(), "cpus": os.cpu_count(), "platform": platform.platform()},
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
     write_report(result, topics, detection, out)
     return result
+
+
+def rerender(out: Path) -> Path:
+    """Write report.html and the PNGs again from DIR/metrics.json (no traffic, no training)."""
+    from distillguard.arena.report import write_report
+
+    m = json.loads((out / "metrics.json").read_text())
+    return write_report(m, m["topics"], m["detection"], out)
 
 
 def _create_keys(server: ArenaServer, plans: list[AccountPlan]) -> list[AccountRun]:
