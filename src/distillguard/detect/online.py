@@ -407,7 +407,8 @@ class DetectionWorker(threading.Thread):
 
 def store_flags_callback(store: Any) -> RiskCallback:
     """Push each changed account's risk, evidence and cluster into the store's account flags
-    (keys ``risk``, ``evidence``, ``cluster``, plus ``risk_flagged``); unknown accounts are skipped."""
+    (keys ``risk``, ``evidence``, ``cluster``, plus ``risk_flagged``, ``risk_flagged_at`` and
+    ``risk_requests``, the requests scored); unknown accounts are skipped."""
 
     def push(detector: OnlineDetector, changed: set[str]) -> None:
         for name in sorted(changed):
@@ -416,7 +417,8 @@ def store_flags_callback(store: Any) -> RiskCallback:
                 continue
             v = detector.verdict(name)
             flags = dict(acct.flags)
-            flags.update(risk=v["score"], evidence=v["evidence"], cluster=v["cluster"], risk_flagged=v["flagged"])
+            flags.update(risk=v["score"], evidence=v["evidence"], cluster=v["cluster"], risk_flagged=v["flagged"],
+                         risk_requests=v["requests"], risk_flagged_at=v["flagged_at"])
             store.update_account(name, flags=flags)
 
     return push

@@ -170,20 +170,32 @@ def _mount_shield_admin(app: FastAPI, settings: Settings, shield: Shield) -> Non
                            prefix="/admin")
     extra = APIRouter(prefix="/admin", dependencies=guard, tags=["admin"])
 
-    @extra.get("/detect/accounts/{name}")
-    async def detect_account(name: str) -> Response:
-        if shield.detector is None:
+    def _detect_on() -> None:
+        if shield.detection is None:
             raise APIError(404, "Detection is off on this server (detect.enabled = false).", code="detect_disabled")
-        with shield.worker.lock:
-            verdict = shield.detector.verdict(name)
-        return Response(orjson.dumps(verdict), media_type="application/json")
+
+    @extra.get("/detect/accounts/{name}")
+    async def detect_account(request: Request, name: str) -> Response:
+        """The detector's latest view of an account (written to its flags by the detection process)."""
+        _detect_on()
+        acct = await run_in_threadpool(request.app.state.store.get_account, name)
+        if acct is None:
+            raise APIError(404, f"No account named {name!r}.", code="account_not_found")
+        f = acct.flags
+        return Response(orjson.dumps({
+            "account": name, "score": f.get("risk"), "flagged": f.get("risk_flagged", False),
+            "flagged_at": f.get("risk_flagged_at"), "requests": f.get("risk_requests", 0),
+            "cluster": f.get("cluster"), "evidence": f.get("evidence", []),
+        }), media_type="application/json")
 
     @extra.get("/detect/clusters")
-    async def detect_clusters() -> Response:
-        if shield.detector is None:
-            raise APIError(404, "Detection is off on this server (detect.enabled = false).", code="detect_disabled")
-        with shield.worker.lock:
-            clusters = shield.detector.clusters()
+    async def detect_clusters(request: Request) -> Response:
+        _detect_on()
+        clusters: dict[str, list[str]] = {}
+        for acct in await run_in_threadpool(request.app.state.store.list_accounts):
+            cid = acct.flags.get("cluster")
+            if cid:
+                clusters.setdefault(cid, []).append(acct.name)
         return Response(orjson.dumps({"clusters": clusters}), media_type="application/json")
 
     @extra.post("/watermark/detect")

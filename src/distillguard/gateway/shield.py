@@ -1,9 +1,11 @@
 """The parts of the gateway that watch and act, built together for `serve`.
 
     watermark  WatermarkService: logits processors for watermarked accounts/tiers
-    detector   OnlineDetector fed by a DetectionWorker thread from the event bus (never on the
-               request path); its risk, evidence and clusters go to the store's account flags
-               (for `accounts show`) and to the policy's in-memory RiskBoard
+    detection  the OnlineDetector in a child process (detect/process.py), fed from the event bus
+               by a pump thread, so embedding and scoring never compete with requests for the
+               GIL; it writes risk, evidence and clusters to the store's account flags, where
+               `accounts show`, the admin API and the policy's RiskBoard (refreshed from the
+               store every policy.board_refresh_s) read them
     policy     RiskPolicy deciding allow / throttle / degrade / verify / block per request
 
 Tests and embedders that want a bare gateway pass none of this to ``create_app`` and get the
@@ -26,8 +28,7 @@ log = logging.getLogger("distillguard.gateway")
 @dataclass
 class Shield:
     watermark: Any = None  # watermark.processors.WatermarkService | None
-    detector: Any = None  # detect.online.OnlineDetector | None
-    worker: Any = None  # detect.online.DetectionWorker | None
+    detection: Any = None  # detect.process.DetectionProcess | None
     policy: Any = None  # policy.engine.RiskPolicy | None (None: the gateway's AllowAll)
 
     @classmethod
@@ -35,30 +36,24 @@ class Shield:
         from distillguard.watermark.processors import WatermarkService
 
         shield = cls(watermark=WatermarkService.from_settings(settings))
-        on_update = None
         if settings.detect.enabled:
-            from distillguard.detect.online import DetectionWorker, build_detector, store_flags_callback
+            from distillguard.detect.process import DetectionProcess
 
-            shield.detector = build_detector(settings.detect)
-            on_update = store_flags_callback(store)
+            shield.detection = DetectionProcess(settings, bus.subscribe("detect"))
         if settings.policy.enabled:
-            from distillguard.policy.wiring import build_policy, chain
+            from distillguard.policy.wiring import build_policy
 
-            shield.policy = build_policy(settings, store, detector=shield.detector, watermark=shield.watermark,
-                                         config_file=config_file)
-            if shield.detector is not None:
-                on_update = chain(on_update, shield.policy.board.detector_callback())
-        if shield.detector is not None:
-            shield.worker = DetectionWorker(shield.detector, bus.subscribe("detect"), on_update=on_update)
+            # the detector runs elsewhere: the board learns its risk from the store's flags
+            shield.policy = build_policy(settings, store, watermark=shield.watermark, config_file=config_file)
         return shield
 
     def start(self) -> None:
-        if self.worker is not None:
-            self.worker.start()
+        if self.detection is not None:
+            self.detection.start()
 
     def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
+        if self.detection is not None:
+            self.detection.stop()
         if self.policy is not None:
             from distillguard.policy.wiring import shutdown_policy
 
