@@ -1,8 +1,13 @@
 # Two entry points; each does all the set-up it needs first (idempotent, see scripts/setup.sh).
-.PHONY: setup serve test bench-setup
+.PHONY: setup demo serve test bench-setup
 
 setup:
 	bash scripts/setup.sh
+
+# The arena's quick scenario: the real gateway, model, detector, policy, watermark, an attack,
+# the attacker's student and its radioactivity audit; ends by printing where the report is.
+demo: setup
+	.venv/bin/distillguard arena run --scenario quick --out runs/arena-quick
 
 serve: setup
 	.venv/bin/distillguard serve

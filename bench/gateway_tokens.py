@@ -1,4 +1,5 @@
-"""SmolLM2 tokens/s through the gateway divided by tokens/s of the raw llama.cpp engine.
+"""SmolLM2 tokens/s through the gateway divided by tokens/s of raw llama.cpp (llama-cpp-python's
+own chat completion, and DistillGuard's LlamaCppEngine called in-process).
 
 Same prompts, same sampling (temperature 0, fixed seed, fixed max_tokens), same run: rounds
 alternate raw engine / gateway (non-streaming) / gateway (streaming) so that drifting machine
@@ -50,6 +51,16 @@ def raw_round(engine: Any, max_tokens: int) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
+def llama_cpp_python_round(llm: Any, max_tokens: int) -> tuple[int, float]:
+    """llama-cpp-python's own chat completion on the same model file: the plain library baseline."""
+    n = 0
+    t = time.perf_counter()
+    for p in PROMPTS:
+        r = llm.create_chat_completion([{"role": "user", "content": p}], max_tokens=max_tokens, temperature=0.0, seed=1)
+        n += r["usage"]["completion_tokens"]
+    return n, time.perf_counter() - t
+
+
 def gateway_round(url: str, secret: str, max_tokens: int, stream: bool) -> tuple[int, float]:
     n = 0
     t = time.perf_counter()
@@ -84,8 +95,15 @@ def main() -> None:
     from distillguard.engines.llamacpp import LlamaCppEngine
     from distillguard.store import open_store
 
+    import statistics
+
+    from llama_cpp import Llama
+
+    from distillguard.models import smollm2_gguf
+
     engine = LlamaCppEngine(n_threads=args.threads)
-    totals: dict[str, list[float]] = {"raw": [0, 0.0], "gateway": [0, 0.0], "gateway_stream": [0, 0.0]}
+    llm = Llama(str(smollm2_gguf()), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    totals: dict[str, list[float]] = {"llama_cpp_python": [0, 0.0], "raw": [0, 0.0], "gateway": [0, 0.0], "gateway_stream": [0, 0.0]}
     rounds = []
     with tempfile.TemporaryDirectory(prefix="dg-bench-") as tmp:
         workdir = Path(tmp)
@@ -98,11 +116,15 @@ def main() -> None:
         cfg.write_text(f'[server]\nport = {port}\n[engine]\nn_threads = {args.threads}\n[store]\nurl = "sqlite:///{db}"\n')
         url = f"http://127.0.0.1:{port}"
         with process([sys.executable, "-m", "distillguard.cli", "serve", "--config", str(cfg)], url + "/health", workdir, "gateway"):
-            gateway_round(url, secret, 4, False)  # warm-up
-            raw_round(engine, 4)
+            # warm-up (not counted): caches, and the gateway's detection process finishes starting
+            gateway_round(url, secret, args.max_tokens, False)
+            raw_round(engine, args.max_tokens)
+            llama_cpp_python_round(llm, args.max_tokens)
+            time.sleep(5)
             for i in range(args.rounds):
                 row = {}
                 for name, fn in (
+                    ("llama_cpp_python", lambda: llama_cpp_python_round(llm, args.max_tokens)),
                     ("raw", lambda: raw_round(engine, args.max_tokens)),
                     ("gateway", lambda: gateway_round(url, secret, args.max_tokens, False)),
                     ("gateway_stream", lambda: gateway_round(url, secret, args.max_tokens, True)),
@@ -125,11 +147,18 @@ def main() -> None:
         "tokens_per_s": {k: round(v, 2) for k, v in tps.items()},
         "ratio_gateway_over_raw": round(tps["gateway"] / tps["raw"], 3),
         "ratio_gateway_stream_over_raw": round(tps["gateway_stream"] / tps["raw"], 3),
+        # per-round ratios are robust to load drifting between rounds; the median is the headline
+        "median_round_ratio_gateway_over_llama_cpp_python": round(statistics.median(
+            r["gateway"]["tokens_per_s"] / r["llama_cpp_python"]["tokens_per_s"] for r in rounds), 3),
+        "median_round_ratio_gateway_stream_over_llama_cpp_python": round(statistics.median(
+            r["gateway_stream"]["tokens_per_s"] / r["llama_cpp_python"]["tokens_per_s"] for r in rounds), 3),
+        "median_round_ratio_gateway_over_raw_engine": round(statistics.median(
+            r["gateway"]["tokens_per_s"] / r["raw"]["tokens_per_s"] for r in rounds), 3),
         "goal_ratio": 0.9,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("tokens_per_s", "ratio_gateway_over_raw", "ratio_gateway_stream_over_raw")}))
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("tokens_per_s", "ratio", "median"))}))
     print(f"wrote {args.out}")
 
 
