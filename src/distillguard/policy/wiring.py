@@ -1,53 +1,14 @@
-"""How the risk policy plugs into the gateway (the gateway's files are not this area's; these are
-the exact edits, also in the area's report).
+"""Building the risk policy for a server: ``build_policy`` makes a RiskPolicy with its RiskBoard,
+starts the board's refresher (review state and detector risk read from the store's account
+flags) and the hot reloader; ``shutdown_policy`` stops both.
 
-config.py (Settings):
-    from distillguard.policy.config import PolicyConfig
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-
-app lifespan / serve, after the store, bus and detector exist:
-    from distillguard.policy.wiring import build_policy, chain, shutdown_policy
-    policy = build_policy(settings, store, detector=detector, watermark=watermark_service,
-                          config_file=config_path)            # starts store refresher + hot reload
-    app.state.policy = policy
-    worker = DetectionWorker(detector, bus.subscribe("detect"),
-                             on_update=chain(store_flags_callback(store), policy.board.detector_callback()))
-    ...
-    shutdown_policy(policy)
-
-create_app (admin routes; bound late to app.state, so they can be mounted before the lifespan):
-    from distillguard.policy.admin_routes import build_router as policy_router
-    app.include_router(policy_router(state=app.state, dependencies=[Depends(require_admin)],
-                                     policy_file=settings.policy.file), prefix="/admin")
-
-openai_routes.Gateway._serve, replacing `if decision.strip_logprobs or decision.action == "degrade": ...`:
-    from distillguard.policy import degrade
-    plan = getattr(decision, "degrade", None)
-    n = req.n
-    if plan is not None:
-        try:
-            want_logprobs, top_logprobs, n = degrade.cap_request(plan, want_logprobs, top_logprobs, req.n)
-        except degrade.LogprobsRefused as exc:
-            raise invalid(str(exc), param="logprobs") from None
-    elif decision.strip_logprobs:
-        want_logprobs, top_logprobs = False, 0
-    # ... reserve with `n` and SamplingParams(n=n, ...)
-    # watermark: the policy's stronger one replaces the ordinary one, never both
-    processors = list(decision.logits_processors) or watermark.processors_for(account, tier, temperature, top_p)
-
-_respond (non-streaming), after building `payload`:
-    if plan is not None:
-        payload = degrade.apply_to_response(payload, plan, seed=degrade.noise_seed(account, ex.body))
-
-_sse (streaming): once, `sd = degrade.StreamDegrader(plan, seed=degrade.noise_seed(account, ex.body)) if plan else None`;
-for every chunk dict `obj` before `_sse_line(obj)`: `obj = sd.process(obj)` and skip it when None;
-before the usage chunk / [DONE]: `for c in sd.flush(chat): yield _sse_line({**base, "choices": [c]})`.
-
-cli.py:
-    from distillguard.intel.cli import app as intel_app
-    app.add_typer(intel_app, name="intel", help="Share distillation threat intelligence (STIX 2.1).")
-
-metrics (optional): a counter labelled (action, rule): `decision.rule` names the policy rule.
+Where it is used: ``gateway/shield.py`` builds the policy for ``serve``; the detector runs in a
+child process (``detect/process.py``) and reaches the board through the store's flags, so
+``serve`` needs no callback. ``chain`` combines DetectionWorker ``on_update`` callbacks for an
+embedder that runs the detector in-process (for example ``store_flags_callback(store)`` and
+``policy.board.detector_callback()``). The gateway applies a RiskDecision's ``degrade`` plan in
+``gateway/openai_routes.py`` (``policy.degrade.cap_request``, ``apply_to_response``,
+``StreamDegrader``) and mounts ``policy.admin_routes`` under /admin (``gateway/app.py``).
 """
 
 from __future__ import annotations
