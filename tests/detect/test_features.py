@@ -61,3 +61,21 @@ def test_volume_grows_with_requests():
     _feed(small, range(5), {"messages": []})
     _feed(big, range(3000), {"messages": []})
     assert big.volume()[0] > small.volume()[0] + 0.3
+
+
+def test_persistence_counts_hours_and_days_not_speed():
+    """300 requests in 40 minutes (a benchmark pass) vs 300 spread over 30 hours (a campaign)."""
+    burst, campaign = BehaviourState(), BehaviourState()
+    _feed(burst, [i * 8.0 for i in range(300)], {"messages": []})
+    _feed(campaign, [i * 360.0 for i in range(300)], {"messages": []})
+    assert burst.persistence()[0] == 0.0
+    assert campaign.persistence()[0] == 1.0
+    assert "clock hour" in campaign.persistence()[1]
+
+
+def test_data_generation_share():
+    b = BehaviourState()
+    for i in range(10):
+        b.update(float(i), {"messages": []}, 10, 10, None, 0.0, f"prompt {i}", 2048, datagen_p=0.9 if i < 4 else 0.0)
+    v, detail = b.data_generation()
+    assert v == 0.4 and "prompt 0" in detail

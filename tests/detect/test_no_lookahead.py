@@ -30,3 +30,18 @@ def test_flagged_at_is_an_event_time_and_truncation_does_not_change_it(small_tra
         before = run(events[:cut], threshold=0.8)
         if v["account"] in before.accounts:
             assert before.verdict(v["account"])["flagged_at"] is None
+
+
+def test_pipelined_stream_gives_the_same_verdicts_as_batch_by_batch(small_traffic):
+    """process_stream overlaps embedding with scoring; the verdicts must not change."""
+    raw, _ = small_traffic
+    events = [ExchangeEvent.model_validate(e) for e in raw]
+    serial = run(events, threshold=0.8)
+    piped = OnlineDetector(embedder=HashingEmbedder(), threshold=0.8)
+    seen = []
+    n = piped.process_stream(iter_batches(events, 256), on_batch=seen.append)
+    assert n == len(events) == sum(seen)
+    serial.finish()
+    piped.finish()
+    assert piped.verdicts() == serial.verdicts()
+    assert piped.clusters() == serial.clusters()

@@ -26,3 +26,23 @@ def test_evidence_is_ordered_by_contribution():
     assert [s.name for s in ordered] == ["reasoning_elicitation", "single_turn", "harvesting"]
     ev = ordered[0].as_evidence()
     assert set(ev) == {"signal", "value", "detail"} and 0 <= ev["value"] <= 1
+
+
+def test_extraction_needs_coverage_and_is_stronger_when_sustained():
+    """A busy app (no novelty), a one-hour benchmark pass (not sustained) and a campaign that keeps
+    sending new eliciting prompts for days, with otherwise identical signals."""
+    w = RiskWeights()
+    base = [Signal("reasoning_elicitation", 1.0, ""), Signal("template_reuse", 1.0, ""),
+            Signal("topic_sweep", 0.0, "")]
+    app, _ = combine(base + [Signal("prompt_novelty", 0.0, ""), Signal("persistence", 1.0, "")], w, 300, 25)
+    one_pass, _ = combine(base + [Signal("prompt_novelty", 1.0, ""), Signal("persistence", 0.0, "")], w, 300, 25)
+    campaign, _ = combine(base + [Signal("prompt_novelty", 1.0, ""), Signal("persistence", 1.0, "")], w, 300, 25)
+    assert campaign > one_pass
+    assert campaign > app
+
+
+def test_novelty_is_context_not_risk_on_its_own():
+    w = RiskWeights()
+    a, _ = combine([Signal("prompt_novelty", 0.0, "")], w, 300, 25)
+    b, _ = combine([Signal("prompt_novelty", 1.0, "")], w, 300, 25)
+    assert a == b

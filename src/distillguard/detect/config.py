@@ -16,8 +16,9 @@ class RiskWeights(BaseModel):
     automation beats topic shape), not fitted to attack labels; the threshold is calibrated on
     benign traffic only."""
 
-    reasoning_elicitation: float = 2.2
-    harvesting: float = 1.6
+    reasoning_elicitation: float = 0.8
+    data_generation: float = 0.8
+    harvesting: float = 1.0
     template_reuse: float = 0.8
     fixed_system_prompt: float = 0.3
     param_uniformity: float = 0.3

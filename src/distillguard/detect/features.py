@@ -52,6 +52,8 @@ class BehaviourState:
     gap_m2: float = 0.0
     hours: list[int] = field(default_factory=lambda: [0] * 24)
     days: set[int] = field(default_factory=set)
+    #: distinct clock hours with activity (bounded: 60 days' worth)
+    hours_active: set[int] = field(default_factory=set)
     tokens: int = 0
     params: Counter = field(default_factory=Counter)
     explicit_params: int = 0
@@ -64,10 +66,13 @@ class BehaviourState:
     with_system: int = 0
     reasoning_hits: int = 0
     reasoning_example: str | None = None
+    datagen_hits: int = 0
+    datagen_example: str | None = None
     harvest_example: str | None = None
 
     def update(self, ts: float, request: dict[str, Any], completion_tokens: int, prompt_tokens: int,
-               system_hash: str | None, reasoning_p: float, text: str, max_tokens_maximal: int) -> None:
+               system_hash: str | None, reasoning_p: float, text: str, max_tokens_maximal: int,
+               datagen_p: float = 0.0) -> None:
         self.n += 1
         if self.last_ts is not None:
             gap = max(0.0, ts - self.last_ts)
@@ -80,6 +85,8 @@ class BehaviourState:
         self.hours[int(ts // 3600) % 24] += 1
         if len(self.days) < 400:
             self.days.add(int(ts // DAY))
+        if len(self.hours_active) < 24 * 60:
+            self.hours_active.add(int(ts // 3600))
         self.tokens += prompt_tokens + completion_tokens
         p = request_params(request)
         _bounded_inc(self.params, p, 8)
@@ -103,6 +110,10 @@ class BehaviourState:
             self.reasoning_hits += 1
             if self.reasoning_example is None:
                 self.reasoning_example = text[:140]
+        if datagen_p >= 0.5:
+            self.datagen_hits += 1
+            if self.datagen_example is None:
+                self.datagen_example = text[:140]
 
     # ---- signal values in [0, 1] ----
     def cv(self) -> float | None:
@@ -124,12 +135,13 @@ class BehaviourState:
         return v, f"{self.n:,} requests on {active} active day(s) ({per_day:,.0f}/day), {self.tokens:,} tokens"
 
     def persistence(self, detail: bool = True) -> tuple[float, str]:
-        """A campaign keeps going day after day; a one-off job (a benchmark pass) is over in hours."""
-        days = len(self.days)
-        v = min(1.0, max(0, days - 1) / 4)
+        """A campaign keeps going hour after hour and day after day; a one-off job (a benchmark
+        pass) is over in an hour or two however fast it sends."""
+        days, hours = len(self.days), len(self.hours_active)
+        v = min(1.0, max(0.0, (days - 1) / 4, (hours - 2) / 10))
         if not detail:
             return v, ""
-        return v, f"active on {days} distinct day(s) over {self.span_days():.1f} days"
+        return v, f"active in {hours} distinct clock hour(s) on {days} day(s) over {self.span_days():.1f} days"
 
     def time_regularity(self, detail: bool = True) -> tuple[float, str]:
         cv = self.cv()
@@ -191,4 +203,16 @@ class BehaviourState:
         text = f"{share:.0%} of prompts ask for written-out reasoning"
         if self.reasoning_example:
             text += f'; e.g. "{self.reasoning_example}"'
+        return share, text
+
+    def data_generation(self, detail: bool = True) -> tuple[float, str]:
+        """Share of prompts that ask for model training data (Self-Instruct style generation)."""
+        if not self.n:
+            return 0.0, ""
+        share = self.datagen_hits / self.n
+        if not detail:
+            return share, ""
+        text = f"{share:.0%} of prompts ask for new training examples/tasks with responses"
+        if self.datagen_example:
+            text += f'; e.g. "{self.datagen_example}"'
         return share, text

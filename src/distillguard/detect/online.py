@@ -31,6 +31,7 @@ import numpy as np
 
 from distillguard.detect.config import DetectConfig
 from distillguard.detect.coordination import LinkState, Linker
+from distillguard.detect.datagen import DataGenScorer
 from distillguard.detect.embed import Embedder
 from distillguard.detect.features import BehaviourState
 from distillguard.detect.reasoning import ReasoningScorer, default_scorer
@@ -65,6 +66,18 @@ class AccountState:
     last_ts: float = 0.0
 
 
+@dataclass
+class PreparedBatch:
+    """A batch with its batched per-event data (see ``OnlineDetector.prepare``)."""
+
+    events: list[ExchangeEvent]
+    texts: list[str]
+    reasoning_p: np.ndarray
+    datagen_p: np.ndarray
+    vectors: dict[int, np.ndarray]
+    phis: dict[int, np.ndarray]
+
+
 class OnlineDetector:
     """Incremental distillation detector. ``embedder=None`` turns the embedding stage (topic and
     centroid signals) off, for fast tests; the product passes ``MiniLMEmbedder``."""
@@ -88,12 +101,15 @@ class OnlineDetector:
             raise ValueError(f"threshold file was calibrated with embedder {calibration.get('embedder')!r} but "
                              f"this detector embeds with {embedder.name!r}; re-run `distillguard detect calibrate`")
         self.reasoning = reasoning or default_scorer()
+        self.datagen = DataGenScorer()
         self.minhash = MinHasher(num_perm=32, seed=cfg.seed)
         self.template_index = TemplateIndex(num_perm=32)
         self.linker = Linker(max_shared=cfg.link_max_shared, min_weight=cfg.link_min_weight,
                              min_requests=cfg.link_min_requests)
         self.accounts: dict[str, AccountState] = {}
         self.events_seen = 0
+        #: events prepared per account (decides which prompts are embedded; see ``prepare``)
+        self._prepared: dict[str, int] = {}
         self.clock = 0.0
         self.ref: ReferenceModel | None = None
         self.reference_prompts = reference_prompts or calibration.get("reference_prompts") or builtin_reference_prompts()
@@ -107,20 +123,53 @@ class OnlineDetector:
 
     def process_batch(self, events: list[ExchangeEvent]) -> set[str]:
         """Score a batch in order; returns the accounts whose state changed."""
-        if not events:
-            return set()
+        return self.apply(self.prepare(events))
+
+    def process_stream(self, batches: Iterable[list[ExchangeEvent]],
+                       on_batch: Callable[[int], None] | None = None) -> int:
+        """Score a stream of batches with the embedding of batch k+1 overlapping the scoring of
+        batch k (offline replay: MiniLM runs in torch, which releases the GIL, so a second core
+        embeds while this one updates the sketches). The result is identical to calling
+        ``process_batch`` on each batch in turn. Returns the number of events."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        total = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="distillguard-embed") as pool:
+            it = iter(batches)
+            first = next(it, None)
+            if first is None:
+                return 0
+            pending = pool.submit(self.prepare, first)
+            for nxt in it:
+                ready = pending.result()
+                pending = pool.submit(self.prepare, nxt)
+                self.apply(ready)
+                total += len(ready.events)
+                if on_batch:
+                    on_batch(len(ready.events))
+            ready = pending.result()
+            self.apply(ready)
+            total += len(ready.events)
+            if on_batch:
+                on_batch(len(ready.events))
+        return total
+
+    def prepare(self, events: list[ExchangeEvent]) -> PreparedBatch:
+        """The per-event data that is cheap to batch: prompt texts, reasoning probabilities, and
+        embeddings of the events picked for embedding. Picks depend only on how many events of
+        each account were prepared before, so batches must be prepared in stream order (they may
+        be prepared while the previous batch is being applied)."""
         cfg = self.config
         texts = [user_text(ev.request) for ev in events]
-        reasoning_p = self.reasoning.score(texts)
+        reasoning_p = self.reasoning.score(texts) if events else np.zeros(0)
+        datagen_p = self.datagen.score(texts)
         vectors: dict[int, np.ndarray] = {}
         phis: dict[int, np.ndarray] = {}
         if self.embedder is not None and self.ref is not None:
             pick: list[int] = []
-            seen: dict[str, int] = {}
             for i, ev in enumerate(events):
-                st = self.accounts.get(ev.account)
-                k = (st.behaviour.n if st else 0) + seen.get(ev.account, 0)
-                seen[ev.account] = seen.get(ev.account, 0) + 1
+                k = self._prepared.get(ev.account, 0)
+                self._prepared[ev.account] = k + 1
                 if texts[i].strip() and (k < cfg.embed_full_first or k % cfg.embed_every == 0):
                     pick.append(i)
             if pick:
@@ -129,16 +178,23 @@ class OnlineDetector:
                 for j, i in enumerate(pick):
                     vectors[i] = emb[j]
                     phis[i] = phi[j]
+        return PreparedBatch(events, texts, reasoning_p, datagen_p, vectors, phis)
+
+    def apply(self, batch: PreparedBatch) -> set[str]:
+        """Update the accounts' sketches and scores event by event, in order."""
         changed: set[str] = set()
-        for i, ev in enumerate(events):
-            self._update(ev, texts[i], float(reasoning_p[i]), vectors.get(i), phis.get(i))
+        cfg = self.config
+        for i, ev in enumerate(batch.events):
+            self._update(ev, batch.texts[i], float(batch.reasoning_p[i]), batch.vectors.get(i), batch.phis.get(i),
+                         float(batch.datagen_p[i]))
             changed.add(ev.account)
             self.events_seen += 1
             if self.events_seen % cfg.link_every_events == 0:
                 changed |= self.relink()
         return changed
 
-    def _update(self, ev: ExchangeEvent, text: str, rp: float, vec: np.ndarray | None, phi: np.ndarray | None) -> None:
+    def _update(self, ev: ExchangeEvent, text: str, rp: float, vec: np.ndarray | None, phi: np.ndarray | None,
+                dp: float = 0.0) -> None:
         cfg = self.config
         st = self.accounts.get(ev.account)
         if st is None:
@@ -150,7 +206,7 @@ class OnlineDetector:
         sp_hash = short_hash(sp) if sp else None
         resp = ev.response
         st.behaviour.update(ev.ts, ev.request, resp.completion_tokens if resp else 0,
-                            resp.prompt_tokens if resp else 0, sp_hash, rp, text, cfg.max_tokens_maximal)
+                            resp.prompt_tokens if resp else 0, sp_hash, rp, text, cfg.max_tokens_maximal, dp)
         slot = st.templates.add(self.minhash.signature(shingles(text)), text)
         if (slot.count >= TEMPLATE_ESTABLISHED and slot.global_key is None
                 and st.template_inserts < MAX_TEMPLATE_INSERTS):
@@ -189,7 +245,8 @@ class OnlineDetector:
         """The account's signals now; ``detail=False`` skips the reviewer sentences (hot path)."""
         b = st.behaviour
         out = []
-        for name, fn in (("reasoning_elicitation", b.reasoning), ("harvesting", b.harvesting),
+        for name, fn in (("reasoning_elicitation", b.reasoning), ("data_generation", b.data_generation),
+                         ("harvesting", b.harvesting),
                          ("volume", b.volume), ("persistence", b.persistence), ("time_regularity", b.time_regularity),
                          ("param_uniformity", b.param_uniformity), ("single_turn", b.single_turn_share),
                          ("fixed_system_prompt", b.fixed_system_prompt)):
@@ -214,7 +271,7 @@ class OnlineDetector:
         ts = t.cache[1]
         if not detail:
             return [Signal("topic_concentration", ts.concentration, ""), Signal("topic_sweep", ts.sweep, ""),
-                    Signal("mmd_distance", ts.mmd, "")]
+                    Signal("mmd_distance", ts.mmd, ""), Signal("prompt_novelty", ts.novelty, "")]
         who = "pooled over the cluster: " if pooled else ""
         return [
             Signal("topic_concentration", ts.concentration,
@@ -225,6 +282,8 @@ class OnlineDetector:
             Signal("mmd_distance", ts.mmd,
                    f"{who}MMD^2 to the benign reference {ts.raw_mmd2:.3f} (z = {ts.mmd_z:.1f} over the "
                    f"{t.m}-sample noise floor)"),
+            Signal("prompt_novelty", ts.novelty,
+                   f"{who}{ts.novelty:.0%} of embedded prompts are new (no near-duplicate among the recent ones)"),
         ]
 
     def _score(self, st: AccountState, detail: bool = False) -> tuple[float, list[Signal]]:
@@ -273,7 +332,8 @@ class OnlineDetector:
         details: dict[str, str] = {}
         for s in states:
             for sig in self.signals(s, detail):
-                if sig.name in ("topic_concentration", "topic_sweep", "mmd_distance", "volume", "persistence"):
+                if sig.name in ("topic_concentration", "topic_sweep", "mmd_distance", "prompt_novelty", "volume",
+                                "persistence"):
                     continue
                 sums[sig.name] = sums.get(sig.name, 0.0) + sig.value * s.behaviour.n
                 details.setdefault(sig.name, sig.detail)
@@ -282,8 +342,10 @@ class OnlineDetector:
         total_days = len(set().union(*(s.behaviour.days for s in states)))
         out.append(Signal("volume", min(1.0, float(np.log1p(n) / np.log1p(5000))),
                           f"{n:,} requests across {len(members)} linked accounts on {total_days} day(s)" if detail else ""))
-        out.append(Signal("persistence", min(1.0, max(0, total_days - 1) / 4),
-                          f"the linked accounts were active on {total_days} distinct day(s)" if detail else ""))
+        total_hours = len(set().union(*(s.behaviour.hours_active for s in states)))
+        out.append(Signal("persistence", min(1.0, max(0.0, (total_days - 1) / 4, (total_hours - 2) / 10)),
+                          f"the linked accounts were active in {total_hours} clock hour(s) on {total_days} distinct "
+                          f"day(s)" if detail else ""))
         out.extend(self._topic_signals(pooled, detail, pooled=True))
         value, text = self.linker.describe(cid) if detail else (self.linker.strength(cid), "")
         out.append(Signal("coordination", value, text))
@@ -311,7 +373,8 @@ class OnlineDetector:
                 signals.append(Signal("coordination", value, text))
         if st.topics.m < TOPIC_EVIDENCE_MIN and not (cid is not None and st.peak_cluster > st.peak_own):
             # a handful of embedded prompts moves the (shrunk) risk little; do not show it as evidence
-            signals = [s for s in signals if s.name not in ("topic_concentration", "topic_sweep", "mmd_distance")]
+            signals = [s for s in signals if s.name not in ("topic_concentration", "topic_sweep", "mmd_distance",
+                                                            "prompt_novelty")]
         evidence = [s.as_evidence() for s in signals if s.value >= 0.05][:8]
         return {
             "account": account,

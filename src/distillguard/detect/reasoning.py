@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import random
 import re
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -222,11 +224,39 @@ class ReasoningScorer:
         texts, labels = build_training_set(seed, cores)
         self.clf = LogisticRegression(C=8.0, solver="liblinear", class_weight="balanced")
         self.clf.fit(self.vec.transform(texts), np.asarray(labels))
+        # the scorer is shared (``default_scorer``) and may be called from a prepare thread
+        self._cache: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    #: segments remembered (templates and popular questions repeat across requests and accounts)
+    CACHE_SIZE = 50_000
 
     def score_segments(self, segs: list[str]) -> np.ndarray:
         if not segs:
             return np.zeros(0)
-        return self.clf.predict_proba(self.vec.transform(segs))[:, 1]
+        with self._lock:
+            return self._score_segments_locked(segs)
+
+    def _score_segments_locked(self, segs: list[str]) -> np.ndarray:
+        cache = self._cache
+        out = np.empty(len(segs))
+        todo: dict[str, list[int]] = {}
+        for i, seg in enumerate(segs):
+            p = cache.get(seg)
+            if p is None:
+                todo.setdefault(seg, []).append(i)
+            else:
+                cache.move_to_end(seg)
+                out[i] = p
+        if todo:
+            fresh = list(todo)
+            probs = self.clf.predict_proba(self.vec.transform(fresh))[:, 1]
+            for seg, p in zip(fresh, probs, strict=True):
+                out[todo[seg]] = p
+                cache[seg] = float(p)
+            while len(cache) > self.CACHE_SIZE:
+                cache.popitem(last=False)
+        return out
 
     def score(self, texts: list[str]) -> np.ndarray:
         if not texts:

@@ -64,11 +64,10 @@ def replay(source: Path | str | TextIO | Iterable[str], detector: OnlineDetector
         bar.start()
         task = bar.add_task("replay", total=None)
     try:
-        for batch in iter_batches(stream, batch_size):
-            detector.process_batch(batch)
-            result.events += len(batch)
-            if bar is not None:
-                bar.update(task, advance=len(batch))
+        # embedding of the next batch overlaps the scoring of this one (two cores)
+        result.events = detector.process_stream(
+            iter_batches(stream, batch_size),
+            on_batch=(lambda k: bar.update(task, advance=k)) if bar is not None else None)
         detector.finish()
     finally:
         if bar is not None:

@@ -1,12 +1,16 @@
 """Combine signals into one risk in [0, 1] that ranks accounts, with the evidence behind it.
 
-risk = sigmoid(bias + confidence(n) * (sum_s w_s v_s + intent x automation)), where
+risk = sigmoid(bias + confidence(n) * (sum_s w_s v_s + W * intent * coverage * sustain)), where
 
 * ``v_s`` in [0, 1] are the signal values and ``w_s`` fixed weights (``RiskWeights``);
-* the interaction term rewards *intent* (reasoning elicitation, harvesting) arriving together
-  with *scale, sweep or persistence* (template reuse, topic sweep, volume, activity on many days): a student asking for step-by-step
-  help now and then has intent without scale, a busy business app has scale without intent, a
-  distillation pipeline has both;
+* the *extraction* term is what a distillation campaign has and the hard benign cases lack:
+  - intent: reasoning elicitation, data-generation requests or harvesting (logprobs, n > 1);
+  - coverage: new content keeps coming (a topic sweep, or a template whose payload keeps
+    changing), where a business app re-sends the same few prompts;
+  - sustain: it keeps going for many hours and days, where a benchmark pass is over in an hour;
+    a short, fast job keeps 25% of the term, so strong intent and coverage still count;
+  a student asking for steps now and then has intent without coverage, a busy app has scale
+  without intent or novelty, a researcher's one benchmark pass has both but not for long;
 * ``confidence(n) = n / (n + n0)`` shrinks the evidence of accounts with few requests, so the
   running maximum of the risk is not driven by the noise of the first handful of requests.
 
@@ -31,19 +35,34 @@ class Signal:
         return {"signal": self.name, "value": round(float(min(1.0, max(0.0, self.value))), 3), "detail": self.detail}
 
 
-INTENT = ("reasoning_elicitation", "harvesting")
-SCALE = ("template_reuse", "topic_sweep", "volume", "persistence")
-INTERACTION_WEIGHT = 3.0
+INTENT = ("reasoning_elicitation", "data_generation", "harvesting")
+INTERACTION_WEIGHT = 7.0
+#: a campaign need not ask in every prompt: two thirds of prompts counts as full intent
+INTENT_SATURATION = 1.5
+#: share of the extraction term a short job keeps (sustain = 0)
+SUSTAIN_FLOOR = 0.25
+#: signals that describe the account but do not add to the risk on their own
+CONTEXT_ONLY = ("prompt_novelty",)
+
+
+def extraction(vals: dict[str, float]) -> float:
+    """intent x coverage x sustain, each in [0, 1] (see the module docstring)."""
+    intent = min(1.0, INTENT_SATURATION * max((vals.get(k, 0.0) for k in INTENT), default=0.0))
+    # without embeddings there is no novelty estimate: template reuse alone stands for coverage
+    novelty = vals.get("prompt_novelty", 1.0)
+    coverage = max(vals.get("topic_sweep", 0.0), vals.get("template_reuse", 0.0) * novelty)
+    sustain = vals.get("persistence", 0.0)
+    return intent * coverage * (SUSTAIN_FLOOR + (1.0 - SUSTAIN_FLOOR) * sustain)
 
 
 def combine(signals: list[Signal], weights: RiskWeights, n: float, n0: float) -> tuple[float, list[Signal]]:
     """Risk and the signals ordered strongest-contribution first."""
     w = weights.model_dump()
+    for name in CONTEXT_ONLY:
+        w[name] = 0.0
     vals = {s.name: min(1.0, max(0.0, s.value)) for s in signals}
     total = sum(w.get(name, 1.0) * v for name, v in vals.items())
-    intent = max((vals.get(k, 0.0) for k in INTENT), default=0.0)
-    scale = max((vals.get(k, 0.0) for k in SCALE), default=0.0)
-    total += INTERACTION_WEIGHT * intent * scale
+    total += INTERACTION_WEIGHT * extraction(vals)
     conf = n / (n + n0) if n0 > 0 else 1.0
     z = weights.bias + conf * total
     risk = 1.0 / (1.0 + math.exp(-z))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,7 +90,7 @@ class MinHasher:
         if not items:
             return np.full(self.num_perm, _MAX32, dtype=np.uint64)
         hv = np.fromiter(
-            (int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little") for s in items),
+            (zlib.crc32(s.encode()) for s in items),  # stable across processes, unlike hash()
             dtype=np.uint64, count=len(items),
         )
         # (a*h + b) mod p, wrapping at 2^64: datasketch's "legacy" scheme, so the LSH index takes these values

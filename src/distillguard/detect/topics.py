@@ -131,13 +131,16 @@ class TopicSignals:
     raw_concentration: float
     raw_mmd2: float
     mmd_z: float
+    novelty: float = 0.0
 
 
 #: MMD^2 above the noise floor at which the distance signal saturates (unit-norm MiniLM vectors,
 #: bandwidth 0.8: completely different topic areas sit around 0.1-0.3)
 MMD_SCALE = 0.08
-#: distinct prompts in a concentrated area before a sweep counts fully
-SWEEP_SATURATION = 80
+#: novel *embedded* prompts in a concentrated area before a sweep counts fully. Accounts embed
+#: their first 32 prompts and then one in 16, so 32 novel embedded prompts is 32 to a few hundred
+#: requests' worth of new content in one area
+SWEEP_SATURATION = 32
 
 
 def topic_signals(state: TopicState, ref: ReferenceModel) -> TopicSignals:
@@ -150,4 +153,4 @@ def topic_signals(state: TopicState, ref: ReferenceModel) -> TopicSignals:
     mmd = float(np.clip((mmd2 - 2.0 * sd) / MMD_SCALE, 0.0, 1.0)) if np.isfinite(sd) else 0.0
     sweep = conc * state.novelty_rate() * min(1.0, state.novel / SWEEP_SATURATION)
     return TopicSignals(concentration=conc, sweep=float(sweep), mmd=mmd, raw_concentration=c,
-                        raw_mmd2=mmd2, mmd_z=float(z))
+                        raw_mmd2=mmd2, mmd_z=float(z), novelty=state.novelty_rate())
