@@ -92,10 +92,7 @@ def calibrate(events: list[ExchangeEvent], *, target_fpr: float = 0.001, config:
     det = (detector_factory or OnlineDetector)(cfg, embedder=embedder, threshold=1.0 + 1e-9,
                                                reference_prompts=ref or None)
     ordered = list(sorted_within_window(events, window=len(events) + 1))
-    for batch in iter_batches(ordered, 256):
-        det.process_batch(batch)
-        if progress:
-            progress(len(batch))
+    det.process_stream(iter_batches(ordered, 256), on_batch=progress)
     det.finish()
     # all accounts are replayed (linking and population context as in production); only the
     # accounts held apart from the reference set the threshold

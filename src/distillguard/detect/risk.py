@@ -37,8 +37,8 @@ class Signal:
 
 INTENT = ("reasoning_elicitation", "data_generation", "harvesting")
 INTERACTION_WEIGHT = 7.0
-#: a campaign need not ask in every prompt: two thirds of prompts counts as full intent
-INTENT_SATURATION = 1.5
+#: a campaign need not ask in every prompt: half of the prompts counts as full intent
+INTENT_SATURATION = 2.0
 #: share of the extraction term a short job keeps (sustain = 0)
 SUSTAIN_FLOOR = 0.25
 #: signals that describe the account but do not add to the risk on their own
