@@ -121,6 +121,7 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
+    load_at_start = os.getloadavg()
 
     def new_embedder():
         if args.no_embeddings:
@@ -180,6 +181,7 @@ def main() -> None:
     ours["threshold"] = cal["threshold"]
     if emb2 is not None:
         ours["embedding_cache"] = {"hits": emb2.cache.hits, "misses": emb2.cache.misses}
+        ours["embedding_dtype"] = emb2.dtype
 
     baseline = None
     if emb2 is not None and base_thr is not None:
@@ -202,7 +204,8 @@ def main() -> None:
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "load_average_at_end": os.getloadavg(),
-                    "note": "CPU shared with other jobs during the run; throughput is a lower bound"},
+                    "load_average_at_start": load_at_start,
+                    "note": "throughput depends on what else runs: see the load averages"},
         "setup": {"scale": args.scale, "seed": args.seed, "target_fpr": args.target_fpr,
                   "embeddings": None if args.no_embeddings else "minilm-l6 (max_seq_length "
                   f"{cfg.embed_max_seq_length}, first {cfg.embed_full_first} prompts/account then 1 in {cfg.embed_every})",

@@ -30,7 +30,7 @@ def _embedder(enabled: bool):
 
     try:
         return MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size,
-                              threads=cfg.embed_threads)
+                              threads=cfg.embed_threads, dtype=cfg.embed_dtype)
     except ModelNotInstalled as exc:
         raise _fail(f"{exc} (or pass --no-embeddings to run without topic signals)") from exc
 

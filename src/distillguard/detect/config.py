@@ -7,6 +7,7 @@ it comes from ``distillguard detect calibrate`` on benign traffic (``threshold_f
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -47,6 +48,9 @@ class DetectConfig(BaseModel):
     embed_batch_size: int = 64
     #: torch threads for embedding: one, so the worker never starves the serving path
     embed_threads: int = 1
+    #: "auto": bfloat16 where the CPU has native bfloat16 maths (twice as fast, cosine >= 0.998 to
+    #: float32), else float32
+    embed_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     #: prompts embedded per account: all of the first `embed_full_first`, then one in `embed_every`
     #: (bounded cost per event; the topic statistics are sample means and need no more)
     embed_full_first: int = 32

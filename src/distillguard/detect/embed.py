@@ -88,27 +88,50 @@ class CachedEmbedder:
         return out
 
 
+def bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 matrix maths natively (AVX512-BF16 / AMX via oneDNN)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # an old or unusual torch build: stay in float32
+        return False
+
+
 class MiniLMEmbedder(CachedEmbedder):
-    """MiniLM-L6 sentence embeddings on CPU (the product embedder)."""
+    """MiniLM-L6 sentence embeddings on CPU (the product embedder).
+
+    ``dtype="auto"`` runs the model in bfloat16 where the CPU supports it natively: about twice
+    the throughput of float32 on 2 cores, with embeddings within cosine 0.998 of float32 ones
+    (bench: tests/detect/test_minilm.py checks the agreement), so thresholds calibrated with
+    either stay valid. Vectors are always returned as float32."""
 
     def __init__(self, max_seq_length: int = 64, batch_size: int = 64, threads: int | None = 1,
-                 cache_size: int = 50_000) -> None:
+                 cache_size: int = 50_000, dtype: str = "auto") -> None:
         super().__init__(dim=384, name="minilm-l6", cache_size=cache_size)
         import torch
         from sentence_transformers import SentenceTransformer
 
         from distillguard.models import minilm_dir
 
+        if dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"embedding dtype must be auto, float32 or bfloat16 (got {dtype!r})")
         if threads is not None:
             torch.set_num_threads(threads)
         self.model = SentenceTransformer(str(minilm_dir()), device="cpu")
         self.model.max_seq_length = max_seq_length
         self.batch_size = batch_size
+        self.dtype = "bfloat16" if dtype == "bfloat16" or (dtype == "auto" and bf16_supported()) else "float32"
+        if self.dtype == "bfloat16":
+            self.model = self.model.to(torch.bfloat16)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        vecs = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+        vecs = self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
                                  normalize_embeddings=True, show_progress_bar=False)
-        return vecs.astype(np.float32, copy=False)
+        out = vecs.float().numpy()
+        # bfloat16 rounding leaves norms at 1 +- 0.01: renormalise so cosines stay cosines
+        out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-12
+        return out.astype(np.float32, copy=False)
 
 
 class HashingEmbedder(CachedEmbedder):

@@ -405,7 +405,7 @@ def build_detector(config: DetectConfig | None = None, *, threshold: float | Non
             from distillguard.detect.embed import MiniLMEmbedder
 
             embedder = MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size,
-                                      threads=cfg.embed_threads)
+                                      threads=cfg.embed_threads, dtype=cfg.embed_dtype)
         else:
             embedder = None
     det = OnlineDetector(cfg, embedder=embedder, threshold=threshold)  # type: ignore[arg-type]
