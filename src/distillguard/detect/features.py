@@ -194,25 +194,22 @@ class BehaviourState:
             return share, ""
         return share, f"one system prompt in {cnt:,} of {self.n:,} requests"
 
-    def reasoning(self, detail: bool = True) -> tuple[float, str]:
+    def _prompt_share(self, hits: int, example: str | None, what: str, detail: bool) -> tuple[float, str]:
+        """Share of prompts a per-prompt scorer fired on, with the first such prompt as evidence."""
         if not self.n:
             return 0.0, ""
-        share = self.reasoning_hits / self.n
+        share = hits / self.n
         if not detail:
             return share, ""
-        text = f"{share:.0%} of prompts ask for written-out reasoning"
-        if self.reasoning_example:
-            text += f'; e.g. "{self.reasoning_example}"'
+        text = f"{share:.0%} of prompts {what}"
+        if example:
+            text += f'; e.g. "{example}"'
         return share, text
+
+    def reasoning(self, detail: bool = True) -> tuple[float, str]:
+        return self._prompt_share(self.reasoning_hits, self.reasoning_example, "ask for written-out reasoning", detail)
 
     def data_generation(self, detail: bool = True) -> tuple[float, str]:
         """Share of prompts that ask for model training data (Self-Instruct style generation)."""
-        if not self.n:
-            return 0.0, ""
-        share = self.datagen_hits / self.n
-        if not detail:
-            return share, ""
-        text = f"{share:.0%} of prompts ask for new training examples/tasks with responses"
-        if self.datagen_example:
-            text += f'; e.g. "{self.datagen_example}"'
-        return share, text
+        return self._prompt_share(self.datagen_hits, self.datagen_example,
+                                  "ask for new training examples/tasks with responses", detail)
