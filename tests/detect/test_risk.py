@@ -23,7 +23,8 @@ def test_evidence_is_ordered_by_contribution():
     w = RiskWeights()
     _, ordered = combine([Signal("single_turn", 1.0, "a"), Signal("reasoning_elicitation", 0.8, "b"),
                           Signal("harvesting", 0.0, "c")], w, 50, 25)
-    assert [s.name for s in ordered] == ["reasoning_elicitation", "single_turn", "harvesting"]
+    assert [s.name for s in ordered][:3] == ["reasoning_elicitation", "single_turn", "harvesting"]
+    assert ordered[-1].name == "extraction_pattern" and ordered[-1].value == 0.0  # no coverage here
     ev = ordered[0].as_evidence()
     assert set(ev) == {"signal", "value", "detail"} and 0 <= ev["value"] <= 1
 
@@ -46,3 +47,11 @@ def test_novelty_is_context_not_risk_on_its_own():
     a, _ = combine([Signal("prompt_novelty", 0.0, "")], w, 300, 25)
     b, _ = combine([Signal("prompt_novelty", 1.0, "")], w, 300, 25)
     assert a == b
+
+
+def test_extraction_pattern_explains_itself_in_the_evidence():
+    w = RiskWeights()
+    _, ordered = combine([Signal("reasoning_elicitation", 1.0, ""), Signal("topic_sweep", 0.8, ""),
+                          Signal("persistence", 1.0, "")], w, 300, 25)
+    assert ordered[0].name == "extraction_pattern"
+    assert ordered[0].value == 0.8 and "coverage 0.80" in ordered[0].detail

@@ -288,7 +288,7 @@ class OnlineDetector:
 
     def _score(self, st: AccountState, detail: bool = False) -> tuple[float, list[Signal]]:
         sig = self.signals(st, detail)
-        return combine(sig, self.config.weights, st.behaviour.n, self.config.shrinkage_requests)
+        return combine(sig, self.config.weights, st.behaviour.n, self.config.shrinkage_requests, detail)
 
     # ------------------------------------------------------------------ coordination
     def relink(self) -> set[str]:
@@ -349,7 +349,7 @@ class OnlineDetector:
         out.extend(self._topic_signals(pooled, detail, pooled=True))
         value, text = self.linker.describe(cid) if detail else (self.linker.strength(cid), "")
         out.append(Signal("coordination", value, text))
-        return combine(out, self.config.weights, n, self.config.shrinkage_requests)
+        return combine(out, self.config.weights, n, self.config.shrinkage_requests, detail)
 
     # ------------------------------------------------------------------ results
     def finish(self) -> None:

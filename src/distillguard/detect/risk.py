@@ -43,28 +43,43 @@ INTENT_SATURATION = 2.0
 SUSTAIN_FLOOR = 0.25
 #: signals that describe the account but do not add to the risk on their own
 CONTEXT_ONLY = ("prompt_novelty",)
+#: the name under which the extraction term appears in the evidence
+EXTRACTION = "extraction_pattern"
 
 
-def extraction(vals: dict[str, float]) -> float:
-    """intent x coverage x sustain, each in [0, 1] (see the module docstring)."""
+def extraction_parts(vals: dict[str, float]) -> tuple[float, float, float]:
+    """(intent, coverage, sustain), each in [0, 1] (see the module docstring)."""
     intent = min(1.0, INTENT_SATURATION * max((vals.get(k, 0.0) for k in INTENT), default=0.0))
     # without embeddings there is no novelty estimate: template reuse alone stands for coverage
     novelty = vals.get("prompt_novelty", 1.0)
     coverage = max(vals.get("topic_sweep", 0.0), vals.get("template_reuse", 0.0) * novelty)
-    sustain = vals.get("persistence", 0.0)
-    return intent * coverage * (SUSTAIN_FLOOR + (1.0 - SUSTAIN_FLOOR) * sustain)
+    sustain = SUSTAIN_FLOOR + (1.0 - SUSTAIN_FLOOR) * vals.get("persistence", 0.0)
+    return intent, coverage, sustain
 
 
-def combine(signals: list[Signal], weights: RiskWeights, n: float, n0: float) -> tuple[float, list[Signal]]:
-    """Risk and the signals ordered strongest-contribution first."""
+def extraction(vals: dict[str, float]) -> float:
+    intent, coverage, sustain = extraction_parts(vals)
+    return intent * coverage * sustain
+
+
+def combine(signals: list[Signal], weights: RiskWeights, n: float, n0: float,
+            detail: bool = True) -> tuple[float, list[Signal]]:
+    """Risk and the signals ordered strongest-contribution first. The extraction term is reported
+    as a signal of its own (``extraction_pattern``) so a reviewer sees what drove the score."""
     w = weights.model_dump()
     for name in CONTEXT_ONLY:
         w[name] = 0.0
     vals = {s.name: min(1.0, max(0.0, s.value)) for s in signals}
     total = sum(w.get(name, 1.0) * v for name, v in vals.items())
-    total += INTERACTION_WEIGHT * extraction(vals)
+    intent, coverage, sustain = extraction_parts(vals)
+    ext = intent * coverage * sustain
+    total += INTERACTION_WEIGHT * ext
     conf = n / (n + n0) if n0 > 0 else 1.0
     z = weights.bias + conf * total
     risk = 1.0 / (1.0 + math.exp(-z))
-    ordered = sorted(signals, key=lambda s: -w.get(s.name, 1.0) * vals[s.name])
+    w[EXTRACTION] = INTERACTION_WEIGHT
+    vals[EXTRACTION] = ext
+    pattern = Signal(EXTRACTION, ext, f"intent {intent:.2f} (reasoning, data generation or harvesting) x new-content "
+                                      f"coverage {coverage:.2f} x sustained activity {sustain:.2f}" if detail else "")
+    ordered = sorted([*signals, pattern], key=lambda s: -w.get(s.name, 1.0) * vals[s.name])
     return risk, ordered
