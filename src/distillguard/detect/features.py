@@ -54,6 +54,8 @@ class BehaviourState:
     days: set[int] = field(default_factory=set)
     #: distinct clock hours with activity (bounded: 60 days' worth)
     hours_active: set[int] = field(default_factory=set)
+    #: distinct 10-minute slots with activity (bounded: 30 days' worth)
+    slots_active: set[int] = field(default_factory=set)
     tokens: int = 0
     params: Counter = field(default_factory=Counter)
     explicit_params: int = 0
@@ -87,6 +89,8 @@ class BehaviourState:
             self.days.add(int(ts // DAY))
         if len(self.hours_active) < 24 * 60:
             self.hours_active.add(int(ts // 3600))
+        if len(self.slots_active) < 6 * 24 * 30:
+            self.slots_active.add(int(ts // 600))
         self.tokens += prompt_tokens + completion_tokens
         p = request_params(request)
         _bounded_inc(self.params, p, 8)
@@ -135,13 +139,15 @@ class BehaviourState:
         return v, f"{self.n:,} requests on {active} active day(s) ({per_day:,.0f}/day), {self.tokens:,} tokens"
 
     def persistence(self, detail: bool = True) -> tuple[float, str]:
-        """A campaign keeps going hour after hour and day after day; a one-off job (a benchmark
-        pass) is over in an hour or two however fast it sends."""
+        """A campaign keeps going: 10-minute slot after slot, hour after hour, day after day. A
+        one-off job (a benchmark pass) is over in well under an hour however fast it sends: it
+        fills at most a handful of 10-minute slots."""
         days, hours = len(self.days), len(self.hours_active)
-        v = min(1.0, max(0.0, (days - 1) / 4, (hours - 2) / 10))
+        v = min(1.0, max(0.0, (days - 1) / 4, (hours - 2) / 10, (len(self.slots_active) - 4) / 24))
         if not detail:
             return v, ""
-        return v, f"active in {hours} distinct clock hour(s) on {days} day(s) over {self.span_days():.1f} days"
+        return v, (f"active in {len(self.slots_active)} ten-minute slot(s), {hours} clock hour(s), {days} day(s) "
+                   f"over {self.span_days():.1f} days")
 
     def time_regularity(self, detail: bool = True) -> tuple[float, str]:
         cv = self.cv()

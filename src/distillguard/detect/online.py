@@ -343,7 +343,9 @@ class OnlineDetector:
         out.append(Signal("volume", min(1.0, float(np.log1p(n) / np.log1p(5000))),
                           f"{n:,} requests across {len(members)} linked accounts on {total_days} day(s)" if detail else ""))
         total_hours = len(set().union(*(s.behaviour.hours_active for s in states)))
-        out.append(Signal("persistence", min(1.0, max(0.0, (total_days - 1) / 4, (total_hours - 2) / 10)),
+        total_slots = len(set().union(*(s.behaviour.slots_active for s in states)))
+        out.append(Signal("persistence", min(1.0, max(0.0, (total_days - 1) / 4, (total_hours - 2) / 10,
+                                                      (total_slots - 4) / 24)),
                           f"the linked accounts were active in {total_hours} clock hour(s) on {total_days} distinct "
                           f"day(s)" if detail else ""))
         out.extend(self._topic_signals(pooled, detail, pooled=True))
