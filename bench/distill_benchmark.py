@@ -4,13 +4,15 @@ Runs the real CLI step by step (each a subprocess, so its CPU time is measured e
 ``os.wait4``) and writes one JSON with every step's command, wall and CPU seconds, the eval table
 and machine facts:
 
-    nice -n 10 .venv/bin/python bench/distill_benchmark.py --config bench/distill_config.toml \
-        --answers 1131 --steps 120 --out bench/results/distill_benchmark.json
+    nice -n 10 .venv/bin/python bench/distill_benchmark.py --config bench/distill_config.toml --answers 1060 \
+        --run-steps logits-forward_kl=70,logits-jsd=30,sft=30 \
+        --run-minutes logits-forward_kl=24,logits-jsd=10,sft=7 --speed-prompts 12
 
-Steps: collect (resumes; teacher answers cached in bench/cache/teacher.jsonl) -> student (every
-other layer) -> train sft / logits forward KL / logits JSD (optionally in parallel) -> eval on
-the held-out prompts -> export the logit-KD student to GGUF (Q4_1, like the teacher's file) ->
-llama.cpp decode speed, teacher vs student, interleaved prompt by prompt.
+Steps: collect (resumes; teacher answers cached in bench/cache/teacher.jsonl; the config uses the
+batched transformers teacher) -> student (the config's 15 layers) -> train logits forward KL /
+logits JSD / sft (in that order, or in parallel) -> eval on the held-out prompts -> export the
+logit-KD student to GGUF (Q4_1, like the teacher's file) -> llama.cpp prefill and decode speed,
+teacher vs student, interleaved prompt by prompt.
 Every step skips work already done, so the script can be rerun after an interruption.
 """
 
@@ -29,10 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "distillguard.cli", "distill"]
 
+# the main logit-KD run first: if the compute runs out, it is the one that finished
 RUNS = {
-    "sft": ["--method", "sft"],
     "logits-forward_kl": ["--method", "logits", "--loss", "forward_kl"],
     "logits-jsd": ["--method", "logits", "--loss", "jsd", "--beta", "0.5"],
+    "sft": ["--method", "sft"],
 }
 
 
@@ -76,26 +79,43 @@ def run_parallel(steps: dict[str, list[str]], log_dir: Path) -> list[dict]:
     return out
 
 
-def llamacpp_speed(teacher: Path, student: Path, prompts: list[list[dict]], max_tokens: int, threads: int) -> dict:
-    """Decode tokens/s of two GGUF files in llama.cpp, alternating prompt by prompt."""
+def llamacpp_speed(teacher: Path, student: Path, prompts: list[list[int]], max_tokens: int, threads: int) -> dict:
+    """Decode tokens/s of two GGUF files in llama.cpp, alternating prompt by prompt.
+
+    Prompt processing (prefill) and decoding are timed apart, and every model decodes exactly
+    ``max_tokens`` greedy tokens (end-of-turn masked): a student that stops earlier would
+    otherwise spread the same prefill over fewer tokens and look slower than it decodes.
+    """
+    import numpy as np
     from llama_cpp import Llama
 
     models = {"teacher": Llama(str(teacher), n_ctx=1024, n_threads=threads, verbose=False),
               "student": Llama(str(student), n_ctx=1024, n_threads=threads, verbose=False)}
-    tok = {k: 0 for k in models}
-    secs = {k: 0.0 for k in models}
+    st = {k: {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0} for k in models}
     try:
-        for msgs in prompts:
+        for ids in prompts:
             for name, llm in models.items():
+                llm.reset()
                 t0 = time.perf_counter()
-                r = llm.create_chat_completion(msgs, max_tokens=max_tokens, temperature=0)
-                secs[name] += time.perf_counter() - t0
-                tok[name] += r["usage"]["completion_tokens"]
+                llm.eval(ids)
+                t1 = time.perf_counter()
+                for _ in range(max_tokens):
+                    z = np.array(llm.scores[llm.n_tokens - 1], copy=True)
+                    z[llm.token_eos()] = -np.inf
+                    llm.eval([int(z.argmax())])
+                t2 = time.perf_counter()
+                s = st[name]
+                s["prefill_tokens"] += len(ids)
+                s["prefill_s"] += t1 - t0
+                s["decode_tokens"] += max_tokens
+                s["decode_s"] += t2 - t1
     finally:
         for llm in models.values():
             llm.close()
-    speed = {k: tok[k] / secs[k] for k in models}
-    return {"tokens": tok, "seconds": secs, "tokens_per_s": speed, "speedup": speed["student"] / speed["teacher"],
+    speed = {k: v["decode_tokens"] / v["decode_s"] for k, v in st.items()}
+    prefill = {k: v["prefill_tokens"] / v["prefill_s"] for k, v in st.items()}
+    return {"decode_tokens_per_s": speed, "prefill_tokens_per_s": prefill, "detail": st,
+            "speedup": speed["student"] / speed["teacher"], "prefill_speedup": prefill["student"] / prefill["teacher"],
             "threads": threads, "max_tokens": max_tokens, "prompts": len(prompts)}
 
 
@@ -104,9 +124,12 @@ def main() -> None:
     ap.add_argument("--config", default="bench/distill_config.toml")
     ap.add_argument("--answers", type=int, default=1131, help="prompts to collect answers for (collect.max_prompts)")
     ap.add_argument("--steps", type=int, default=120, help="optimizer steps per training run")
+    ap.add_argument("--run-steps", default="", help="per-run steps, e.g. sft=60,logits-forward_kl=200 (else --steps)")
+    ap.add_argument("--run-minutes", default="", help="per-run wall budgets, e.g. sft=7,logits-forward_kl=22 (else --train-minutes)")
     ap.add_argument("--train-minutes", type=float, default=None, help="wall-clock budget per training run")
     ap.add_argument("--parallel-train", action="store_true", help="run the three trainings at once")
     ap.add_argument("--skip-collect", action="store_true", help="use the cached answers as they are")
+    ap.add_argument("--collect-only", action="store_true", help="collect (timed, logged) and stop")
     ap.add_argument("--skip-eval", action="store_true", help="keep the eval results already written")
     ap.add_argument("--speed-prompts", type=int, default=6)
     ap.add_argument("--out", default="bench/results/distill_benchmark.json")
@@ -129,9 +152,18 @@ def main() -> None:
 
     if not a.skip_collect:
         steps.append(run_step("collect", ["collect", *c, "--max-prompts", str(a.answers)], log_dir))
+    if a.collect_only:
+        return
     steps.append(run_step("student", ["student", *c], log_dir))
-    budget = ["--max-minutes", str(a.train_minutes)] if a.train_minutes else []
-    train_steps = {name: ["train", *c, *args, "--max-steps", str(a.steps), *budget, "--name", name] for name, args in RUNS.items()}
+    per_run = {k: int(v) for k, v in (x.split("=") for x in a.run_steps.split(",") if x)}
+    per_min = {k: float(v) for k, v in (x.split("=") for x in a.run_minutes.split(",") if x)}
+
+    def budget(name: str) -> list[str]:
+        m = per_min.get(name, a.train_minutes)
+        return ["--max-minutes", str(m)] if m else []
+
+    train_steps = {name: ["train", *c, *args, "--max-steps", str(per_run.get(name, a.steps)), *budget(name), "--name", name]
+                   for name, args in RUNS.items()}
     if a.parallel_train:
         steps += run_parallel(train_steps, log_dir)
     else:
@@ -146,8 +178,12 @@ def main() -> None:
     speed = None
     if gguf is not None:
         t0, c0 = time.time(), time.process_time()
+        from distillguard.distill.data import prompt_ids
+        from distillguard.distill.modelio import load_teacher
+
+        tok = load_teacher(resolve_teacher_path(cfg.teacher.model_path))[1]
         speed = llamacpp_speed(resolve_teacher_path(cfg.teacher.model_path), gguf,
-                               [r["messages"] for r in held[: a.speed_prompts]], cfg.eval.max_new_tokens, threads=1)
+                               [prompt_ids(tok, r["messages"]) for r in held[: a.speed_prompts]], cfg.eval.max_new_tokens, threads=1)
         rec = {"step": "llamacpp_speed", "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
         _log_step(rec)
         steps.append(rec)
@@ -159,7 +195,12 @@ def main() -> None:
         f = ROOT / cfg.students_dir() / name / "distill_train.json"
         if f.is_file():
             d = json.loads(f.read_text())
-            train_summaries[name] = {k: d[k] for k in ("steps", "stopped_at", "examples", "first_loss", "last_loss", "tokens", "seconds")}
+            train_summaries[name] = {k: d.get(k) for k in ("steps", "stopped_at", "examples", "first_loss", "last_loss", "tokens",
+                                                           "seconds", "cpu_seconds")}
+            done = d.get("stopped_at") or d["steps"]
+            if d.get("cpu_seconds") and done:
+                train_summaries[name]["cpu_s_per_step"] = d["cpu_seconds"] / done
+                train_summaries[name]["tokens_per_cpu_s"] = d["tokens"] / d["cpu_seconds"]
             train_summaries[name]["config"] = d["config"]
     # Steps run earlier in the background (the long teacher collection), with their CPU time.
     background = [ROOT / "bench" / "cache" / n for n in ("collect_runs.jsonl", "background_steps.jsonl")]

@@ -90,3 +90,36 @@ max_new_tokens = 4
     # collect again: nothing new is asked
     r, text = _run("collect", "--config", cfg)
     assert r.exit_code == 0 and "0 new answers" in text and "8 already there" in text
+
+
+@pytest.mark.slow
+def test_run_quick(tmp_path, tiny_teacher):
+    """`run --quick`: built-in prompts, batched teacher, a short logit-KD run, one eval table."""
+    cfg = tmp_path / "distill.toml"
+    cfg.write_text(f"""
+[distill]
+workdir = "{tmp_path / 'quick'}"
+[distill.teacher]
+model_path = "{tiny_teacher}"
+""")
+    r, text = _run("run", "--quick", "--config", cfg)
+    assert r.exit_code == 0, text
+    recs = [json.loads(x) for x in (tmp_path / "quick" / "teacher.jsonl").read_text().splitlines()]
+    assert len(recs) == 32 and all(x["completion_tokens"] <= 40 for x in recs)
+    res = json.loads((tmp_path / "quick" / "eval.json").read_text())
+    assert [m["name"] for m in res["models"]] == ["teacher", "student-init", "logits-forward_kl"]
+    assert res["heldout_prompts_scored"] >= 1
+    train = json.loads((tmp_path / "quick" / "students" / "logits-forward_kl" / "distill_train.json").read_text())
+    assert train["steps"] == 12 and train["config"]["method"] == "logits"
+
+
+def test_free_cores_leaves_busy_cores_alone(monkeypatch):
+    from distillguard.distill import cli
+
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert cli.free_cores() == 3
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (8.0, 0.0, 0.0))
+    assert cli.free_cores() == 1  # busier than the machine: still one thread
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert cli.free_cores() == 4

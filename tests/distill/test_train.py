@@ -93,3 +93,18 @@ def test_time_budget_stops_and_saves(run_cfg):
     s = train(run_cfg, progress=False)
     assert s.stopped_at == 1 and (s.output / "model.safetensors").is_file()
     assert not (s.output / "checkpoint").exists()
+
+
+def test_answer_logits_match_full_forward(run_cfg):
+    """The LM head run on answer positions only gives the full forward's logits at those positions."""
+    from distillguard.distill.data import answer_logits
+
+    model, tok = load_model(run_cfg.student_init_path())
+    examples, _ = prepare(run_cfg, tok)
+    batch = collate(examples[:4], tok.pad_token_id)
+    assert batch["target_mask"].sum() > 0 and not batch["target_mask"].all()
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][batch["target_mask"]]
+        part = answer_logits(model, batch)
+    assert part.shape == full.shape
+    torch.testing.assert_close(part, full, rtol=1e-4, atol=1e-4)

@@ -63,6 +63,11 @@ class TeacherConfig(BaseModel):
     model: str = "smollm2"
     n_threads: int | None = None
     n_ctx: int = 2048
+    #: how a local teacher answers at collect time: "serving" = the gateway's engine (llama.cpp
+    #: for a GGUF), one prompt at a time; "batched" = transformers decoding collect.batch_size
+    #: prompts per forward pass — several times more tokens/s on a CPU, and the very model
+    #: (GGUF de-quantized to float) that logit KD runs alongside the student
+    engine: Literal["serving", "batched"] = "serving"
 
     @model_validator(mode="after")
     def _url_for_openai(self) -> TeacherConfig:
@@ -84,6 +89,8 @@ class CollectConfig(BaseModel):
     top_logprobs: int = Field(0, ge=0, le=20)
     #: requests in flight at once (API teachers; a local teacher answers one at a time)
     concurrency: int = Field(4, ge=1)
+    #: prompts decoded together by a batched local teacher (teacher.engine = "batched")
+    batch_size: int = Field(16, ge=1)
     max_retries: int = Field(8, ge=0)
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0

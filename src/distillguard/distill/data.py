@@ -140,3 +140,20 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
                 row += 1
         batch.update(top_ids=top_ids, top_logp=top_lp, top_valid=valid)
     return batch
+
+
+def answer_logits(model: Any, batch: dict[str, Any]) -> Any:
+    """Next-token logits at the answer positions only (``batch["target_mask"]``), [N, vocab].
+
+    The same numbers as ``model(...).logits[:, :-1][mask]``, but the LM head (a vocab x hidden
+    matmul per position: 28M multiply-adds for SmolLM2, a third of a 15-layer student's forward)
+    runs only where a loss or metric is taken, not on the prompt. Causal LMs whose head is a
+    plain projection of the last hidden state (Llama family) take this path; others fall back.
+    """
+    mask = batch["target_mask"]
+    head = model.get_output_embeddings()
+    base = getattr(model, "base_model", None)
+    if head is None or base is None or base is model or getattr(model.config, "final_logit_softcapping", None):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+    hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return head(hidden[:, :-1][mask])

@@ -27,9 +27,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from distillguard.distill.config import DistillConfig
-from distillguard.distill.data import DataError, collate, encode, prompt_ids, split_records
+from distillguard.distill.data import DataError, answer_logits, collate, encode, prompt_ids, split_records
 from distillguard.distill.losses import kl
-from distillguard.distill.modelio import check_same_tokenizer, load_model, param_count, resolve_teacher_path
+from distillguard.distill.modelio import check_same_tokenizer, load_model, load_teacher, param_count, resolve_teacher_path
 
 
 # ---------------------------------------------------------------- text metrics
@@ -119,7 +119,8 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     specs = model_list(cfg)
     if not specs:
         raise DataError("nothing to evaluate: run `distill student` / `distill train` first")
-    loaded = [(name, path, *load_model(path, threads=e.threads)) for name, path in specs]
+    loaded = [(name, path, *(load_teacher if name == "teacher" else load_model)(path, threads=e.threads))
+              for name, path in specs]
     tok = loaded[0][3]
     for name, _, _, t in loaded[1:]:
         check_same_tokenizer(tok, t, what=f"evaluating {name} against the teacher")
@@ -143,7 +144,7 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
             t_logp = None
             with torch.no_grad():
                 for name, _, model, _ in loaded:
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+                    logits = answer_logits(model, batch)
                     logp = torch.log_softmax(logits.float(), dim=-1)
                     if t_logp is None and has_teacher:
                         t_logp = logp

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.distill.config import DistillConfig
-from distillguard.distill.modelio import load_model, param_count, resolve_teacher_path
+from distillguard.distill.modelio import load_teacher, param_count, resolve_teacher_path
 
 
 class StudentConfigError(ValueError):
@@ -112,7 +112,8 @@ def build_student(cfg: DistillConfig, teacher_model: Any = None, teacher_tok: An
             "(GGUF or HF folder) to take layers from, or student.from_config with it"
         )
     if teacher_model is None:
-        teacher_model, teacher_tok = load_model(source, threads=cfg.train.threads)
+        # only read (its layers are copied), so the per-process cached teacher will do
+        teacher_model, teacher_tok = load_teacher(source, threads=cfg.train.threads)
     n_teacher = int(teacher_model.config.num_hidden_layers)
     keep: list[int] | None = None
     if s.from_config:

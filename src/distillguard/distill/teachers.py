@@ -93,6 +93,106 @@ class EngineTeacher:
         await self.engine.aclose()
 
 
+class BatchedLocalTeacher:
+    """A local teacher run with transformers, many prompts per forward pass.
+
+    On a CPU, one llama.cpp stream is bound by memory bandwidth: every token reads all weights.
+    Decoding B prompts at once reads the weights once for B tokens, so per token it is several
+    times cheaper. The model is the teacher file itself (a GGUF is de-quantized to float32, the
+    same model logit KD later runs alongside the student), greedy or sampled per ``collect``.
+    Rows leave the batch as they finish; prompts are left-padded to the longest in the batch,
+    so collect sorts them by length first.
+    """
+
+    def __init__(self, path: Path, name: str, n_threads: int | None = None, batch_size: int = 16):
+        from distillguard.distill.modelio import load_teacher
+
+        self.model, self.tok = load_teacher(path, threads=n_threads)
+        self.name = name
+        self.batch_size = batch_size
+        ends = {self.tok.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ends.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            i = self.tok.convert_tokens_to_ids(t)
+            if isinstance(i, int) and i != self.tok.unk_token_id:
+                ends.add(i)
+        self.end_ids = {i for i in ends if i is not None}
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    async def answer(self, messages: list[dict[str, str]], cfg: CollectConfig) -> TeacherAnswer:
+        return (await self.answer_batch([messages], cfg))[0]
+
+    async def answer_batch(self, batch: list[list[dict[str, str]]], cfg: CollectConfig) -> list[TeacherAnswer]:
+        return await asyncio.to_thread(self.generate, [self.prompt_ids(m) for m in batch], cfg)
+
+    def generate(self, prompts: list[list[int]], cfg: CollectConfig) -> list[TeacherAnswer]:
+        """Greedy (temperature 0) or sampled answers to token-id prompts, one batch."""
+        import torch
+
+        B = len(prompts)
+        L = max(len(p) for p in prompts)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else next(iter(self.end_ids))
+        ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts])
+        attn = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+        gen: list[list[int]] = [[] for _ in range(B)]
+        tops: list[list[dict[str, Any]]] = [[] for _ in range(B)]
+        finish = ["length"] * B
+        alive = list(range(B))
+        rng = torch.Generator().manual_seed(cfg.seed)
+        with torch.inference_mode():
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            # logits_to_keep=1: the prompt's other positions would cost B*L*vocab floats for nothing
+            out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            for step in range(cfg.max_tokens):
+                logits = out.logits[:, -1].float()
+                if cfg.temperature > 0:
+                    nxt = torch.multinomial(torch.softmax(logits / cfg.temperature, -1), 1, generator=rng)[:, 0]
+                else:
+                    nxt = logits.argmax(-1)
+                if cfg.top_logprobs:
+                    logp = torch.log_softmax(logits, -1)
+                    top_v, top_i = logp.topk(cfg.top_logprobs, -1)
+                keep = []
+                for r, j in enumerate(alive):
+                    t = int(nxt[r])
+                    if t in self.end_ids:
+                        finish[j] = "stop"
+                        continue
+                    gen[j].append(t)
+                    if cfg.top_logprobs:
+                        tops[j].append({
+                            "token": self.tok.decode([t]), "logprob": float(logp[r, t]),
+                            "top": [{"token": self.tok.decode([int(a)]), "logprob": float(b)}
+                                    for a, b in zip(top_i[r], top_v[r])],
+                        })
+                    keep.append(r)
+                if not keep or step == cfg.max_tokens - 1:
+                    break
+                if len(keep) < len(alive):
+                    idx = torch.tensor(keep)
+                    cache.batch_select_indices(idx)
+                    attn, nxt = attn[idx], nxt[idx]
+                alive = [alive[r] for r in keep]
+                attn = torch.cat([attn, torch.ones(len(alive), 1, dtype=attn.dtype)], -1)
+                pos = attn.sum(-1, keepdim=True) - 1
+                out = self.model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
+                                 past_key_values=cache, use_cache=True)
+        answers = []
+        for j in range(B):
+            text, reasoning = split_reasoning(self.tok.decode(gen[j], skip_special_tokens=True))
+            answers.append(TeacherAnswer(text, reasoning, finish[j], len(prompts[j]), len(gen[j]),
+                                         tops[j] if cfg.top_logprobs else None))
+        return answers
+
+    async def aclose(self) -> None:
+        pass
+
+
 def local_engine(cfg: TeacherConfig) -> Any:
     """The local teacher engine: llama.cpp for a GGUF file, transformers for an HF folder."""
     from distillguard.models import smollm2_gguf
@@ -216,4 +316,11 @@ class OpenAITeacher:
 def build_teacher(cfg: TeacherConfig, collect: CollectConfig) -> Teacher:
     if cfg.kind == "openai":
         return OpenAITeacher(cfg, timeout_s=collect.timeout_s)
+    if cfg.engine == "batched":
+        from distillguard.models import smollm2_gguf
+
+        path = Path(cfg.model_path) if cfg.model_path else smollm2_gguf()
+        if not path.exists():
+            raise TeacherError(f"teacher model {path} does not exist; set teacher.model_path to a GGUF file or HF folder")
+        return BatchedLocalTeacher(path, cfg.model, cfg.n_threads, collect.batch_size)
     return EngineTeacher(local_engine(cfg), cfg.model)

@@ -27,9 +27,9 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distillguard.distill.config import DistillConfig
-from distillguard.distill.data import DataError, Example, collate, encode, encode_topk, make_batches, split_records, token_index
+from distillguard.distill.data import DataError, Example, answer_logits, collate, encode, encode_topk, make_batches, split_records, token_index
 from distillguard.distill.losses import kd_loss, topk_kd_loss
-from distillguard.distill.modelio import check_same_tokenizer, load_model, resolve_teacher_path
+from distillguard.distill.modelio import check_same_tokenizer, load_model, load_teacher, resolve_teacher_path
 
 
 @dataclass
@@ -47,6 +47,8 @@ class TrainSummary:
     tokens: int
     #: steps actually run when max_minutes stopped training before ``steps``
     stopped_at: int | None = None
+    #: CPU seconds (all threads, this process) spent in the training steps
+    cpu_seconds: float | None = None
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -66,15 +68,14 @@ def batch_loss(student: Any, teacher: Any, batch: dict[str, Any], cfg: DistillCo
 
     t = cfg.train
     mask = batch["target_mask"]
-    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    s = logits[mask]  # [N answer tokens, V]
+    s = answer_logits(student, batch)  # [N answer tokens, V]
     targets = batch["input_ids"][:, 1:][mask]
     ce = F.cross_entropy(s.float(), targets)
     if t.method == "sft":
         return ce, {"ce": float(ce.detach())}
     if t.method == "logits":
         with torch.no_grad():
-            tl = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+            tl = answer_logits(teacher, batch)
         kd = kd_loss(s, tl, t.loss, t.beta, t.temperature)
     else:
         kd = topk_kd_loss(s, batch["top_ids"], batch["top_logp"], batch["top_valid"], t.loss, t.beta)
@@ -134,10 +135,8 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
                 "train.method = 'logits' needs a local teacher (its full logits); the teacher is an API: "
                 "use method 'topk' (collect with top_logprobs) or 'sft'"
             )
-        teacher, teacher_tok = load_model(resolve_teacher_path(cfg.teacher.model_path), threads=t.threads)
+        teacher, teacher_tok = load_teacher(resolve_teacher_path(cfg.teacher.model_path), threads=t.threads)
         check_same_tokenizer(teacher_tok, tok)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
 
     examples, skipped = prepare(cfg, tok)
     batches = make_batches(examples, t.batch_size)
@@ -162,7 +161,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
     first_loss = last_loss = None
     tokens = 0
     stopped_at = None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     bar = Progress(
         TextColumn(f"train {t.run_name()}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress,
@@ -198,7 +197,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
     tok.save_pretrained(out)
     summary = TrainSummary(
         out, t.method, t.loss if t.method != "sft" else "ce", total, resumed_from, len(examples), skipped,
-        first_loss, last_loss, time.perf_counter() - t0, tokens, stopped_at,
+        first_loss, last_loss, time.perf_counter() - t0, tokens, stopped_at, time.process_time() - c0,
     )
     (out / "distill_train.json").write_text(
         json.dumps({**asdict(summary), "output": str(out), "config": json.loads(t.model_dump_json())}, indent=2)
