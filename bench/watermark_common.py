@@ -41,12 +41,32 @@ def chat_prompts() -> list[str]:
     return out
 
 
+def radioactivity_prompts() -> list[tuple[str, str]]:
+    """(source, prompt) for the radioactivity students' training data: 1,000+ varied prompts.
+
+    Every chat prompt (both splits: the students are not tuned on anything), then natural-questions
+    and GSM8K questions interleaved. The GSM8K questions start at 1,000 of the seed-99 shuffle, so
+    the GSM8K accuracy subset (the first few hundred) stays out of the students' training data.
+    """
+    out = [("chat", p) for p in chat_prompts()]
+    nq = [json.loads(x)["question"] for x in open(DATASETS / "nq_open_dev.jsonl", encoding="utf-8")]
+    random.Random(7).shuffle(nq)
+    gsm = [json.loads(x)["question"] for x in open(DATASETS / "gsm8k_train.jsonl", encoding="utf-8")]
+    random.Random(99).shuffle(gsm)
+    for q_nq, q_gsm in zip(nq, gsm[1000:]):
+        out.append(("nq_open", q_nq[:1].upper() + q_nq[1:] + "?"))
+        out.append(("gsm8k", q_gsm))
+    return out
+
+
 def machine() -> dict:
     facts = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
     try:
         import torch
 
         facts["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            facts["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
     try:

@@ -32,6 +32,7 @@ SCHEMES = {
     "kgw_g25_h3_selfseed": SchemeParams(gamma=0.25, delta=2.0, context_width=3, self_seeding=True),
     "gumbel_h1": SchemeParams(scheme="gumbel", context_width=1),
     "gumbel_h2": SchemeParams(scheme="gumbel", context_width=2),
+    "gumbel_h1_skip": SchemeParams(scheme="gumbel", context_width=1, skip_repeated=True),
 }
 
 
@@ -68,9 +69,14 @@ def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True
     out = np.empty(len(wins))
     for j, w in enumerate(wins):
         seen: set[tuple] = set()
+        windows_seen: set[tuple] = set()
         n, s = 0, 0.0
         for i in range(h, len(w)):
             tup = tuple(w[i - h : i + 1])
+            if params.skip_repeated and dedup:  # only each window's first occurrence, as detect.py
+                if tup[:-1] in windows_seen:
+                    continue
+                windows_seen.add(tup[:-1])
             key = wm.dedup_key(tup[:-1], tup[-1])
             if dedup:
                 if key in seen:
@@ -95,6 +101,9 @@ def main() -> None:
     ap.add_argument("--min-texts", type=int, default=100_000)
     ap.add_argument("--length", type=int, default=50)
     ap.add_argument("--stride", type=int, default=10)
+    ap.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated subset of the schemes")
+    ap.add_argument("--answers-cache", default="wm_chat_hf.jsonl", help="unwatermarked SmolLM2 answers (config none)")
+    ap.add_argument("--name", default="watermark_fpr")
     a = ap.parse_args()
     from rich.progress import track
     from scipy import stats
@@ -104,13 +113,14 @@ def main() -> None:
     wins: list[list[int]] = []
     for d in track(docs, description="tokenising"):
         wins += windows(tok.encode(d), a.length, a.stride)
-    answers = [tok.encode(r["text"]) for r in read_cache("wm_chat.jsonl") if r["config"] == "none"]
+    answers = [tok.encode(r["text"]) for r in read_cache(a.answers_cache) if r["config"] == "none"]
     answers = [x for x in answers if len(x) >= 20]
     if len(wins) < a.min_texts:
         print(f"warning: only {len(wins)} windows (< {a.min_texts})", file=sys.stderr)
     result: dict = {"texts": {"dataset_windows": len(wins), "documents": len(docs), "window_tokens": a.length,
                               "stride": a.stride, "smollm2_answers": len(answers)}, "schemes": {}}
-    for name, params in SCHEMES.items():
+    for name in a.schemes.split(","):
+        params = SCHEMES[name]
         ps = test_windows(params, wins)
         entry = {"params": params.describe(), "dataset_windows": rates(ps),
                  "ks_uniform_pvalue_first_5000": float(stats.kstest(ps[:: max(1, len(ps) // 5000)], "uniform").pvalue)}
@@ -120,7 +130,7 @@ def main() -> None:
             entry["smollm2_answers"] = {"dedup": rates(pa), "no_dedup": rates(pa_nodedup), "n": len(answers)}
         result["schemes"][name] = entry
         print(name, json.dumps(entry["dataset_windows"]["p<1e-05"]), flush=True)
-    print("wrote", write_result("watermark_fpr", result))
+    print("wrote", write_result(a.name, result))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Reads GSM8K answers cached by bench/watermark_batchgen.py (``--gsm8k N``; temperature 0.7, up to
 200 tokens, prompt asks for '#### N') and compares the final number with the reference.
 
-    nice -n 10 .venv/bin/python bench/watermark_batchgen.py --chat 0 --gsm8k 100 --configs none,gumbel1
-    .venv/bin/python bench/watermark_gsm8k.py
+    nice -n 10 .venv/bin/python bench/watermark_batchgen.py --set power --chat 0 --gsm8k 50 \
+        --configs none,gumbel1_skip --out wm_chat_hf.jsonl
+    .venv/bin/python bench/watermark_gsm8k.py --cache wm_chat_hf.jsonl
 """
 
 from __future__ import annotations
@@ -54,7 +55,20 @@ def main() -> None:
         k, n = sum(correct), len(correct)
         out[c] = {"questions": n, "correct": k, "accuracy": k / n if n else None}
     res = {"setup": {"questions": len(common), "source": "gsm8k_train.jsonl shuffled seed 99, first N",
-                     "sampling": "temperature 0.7, up to 200 tokens"}, "accuracy": out}
+                     "sampling": "temperature 0.7, up to 200 tokens; SmolLM2-135M-Instruct float32 (transformers)",
+                     "configs": configs}, "accuracy": out}
+    if "none" in out and len(configs) == 2:
+        # paired comparison on the same questions: exact McNemar (binomial on discordant pairs)
+        from scipy import stats
+
+        other = next(c for c in configs if c != "none")
+        a_ = [same(final_number(by[i]["none"]["text"]), by[i]["none"]["reference"]) for i in common]
+        b_ = [same(final_number(by[i][other]["text"]), by[i][other]["reference"]) for i in common]
+        only_none = sum(x and not y for x, y in zip(a_, b_))
+        only_other = sum(y and not x for x, y in zip(a_, b_))
+        res["paired"] = {"only_unwatermarked_correct": only_none, f"only_{other}_correct": only_other,
+                         "mcnemar_exact_p": float(stats.binomtest(only_none, only_none + only_other).pvalue)
+                         if only_none + only_other else 1.0}
     print(res)
     print("wrote", write_result("watermark_gsm8k", res))
 

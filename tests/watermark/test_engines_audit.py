@@ -7,8 +7,10 @@ import pytest
 
 from distillguard.engines.base import SamplingParams
 from distillguard.watermark.audit import (
+    AuditError,
     Example,
     TupleSet,
+    audit_answers,
     audit_loaded_model,
     audit_open_weights,
     load_examples,
@@ -57,6 +59,45 @@ def test_reading_tuples_skip_copyable_windows():
     reading_tuples(answer, preds, prompt_ids=[7], h=1, into=ts)
     # positions: 1 (5,9) kept; 2 (6,9) kept; 3 window 7 is in the prompt -> skipped; 4 (5,6) copyable
     assert ts.tuples == [(5, 9), (6, 9)]
+
+
+class _IdsTokenizer:
+    """Text is space-separated token ids: lets a test build exact token sequences."""
+
+    name, vocab_size = "ids", 1000
+
+    def encode(self, text: str) -> list[int]:
+        return [int(x) for x in text.split()]
+
+
+def test_black_box_scoring_of_given_answers():
+    """audit_answers: a suspect's answers that carry the watermark score low, plain ones do not."""
+    params = SchemeParams(scheme="gumbel")
+    wm = Watermark(params, SECRET)
+    rng = np.random.default_rng(1)
+
+    def answer(marked: bool) -> str:
+        ids = [int(rng.integers(1000))]
+        proc = wm.processor(1.0)
+        for _ in range(40):
+            logits = rng.normal(0.0, 2.0, 1000).astype(np.float32)
+            if marked:
+                ids.append(int(np.argmax(proc(np.array(ids), logits))))
+            else:
+                p = np.exp(logits - logits.max())
+                ids.append(int(rng.choice(1000, p=p / p.sum())))
+        return " ".join(map(str, ids))
+
+    ring = KeyRing.from_secret(SECRET)
+    examples = [Example(prompt="1 2 3", answer="") for _ in range(10)]
+    marked = audit_answers("suspect", examples, [answer(True) for _ in examples], params, ring, _IdsTokenizer())
+    plain = audit_answers("suspect", examples, [answer(False) for _ in examples], params, ring, _IdsTokenizer())
+    assert marked.mode == "black-box" and marked.tuples_scored > 300
+    assert marked.p_value < 1e-10
+    assert plain.p_value > 1e-3
+    assert min(marked.control["random_key_p_values"]) > 1e-4
+    with pytest.raises(AuditError, match="one answer per prompt"):
+        audit_answers("suspect", examples, ["1 2"], params, ring, _IdsTokenizer())
 
 
 def test_load_examples_from_events_and_text(tmp_path):

@@ -154,10 +154,72 @@ def test_prefix_p_values_decrease_on_watermarked_text():
     assert pp[-1] < 1e-8 and pp[5] > pp[-1]
 
 
+SKIP = SchemeParams(scheme="gumbel", skip_repeated=True)
+
+
+def test_skip_repeated_leaves_repeated_windows_alone():
+    """Only the first use of a window inside the answer is watermarked; the prompt's windows don't count."""
+    proc = Watermark(SKIP, KEY).processor(1.0)
+    logits = np.random.default_rng(5).normal(size=V).astype(np.float32)
+    prompt = [7, 8, 9]
+    forced = proc(np.array(prompt), logits)  # window (9,) reaches into the prompt: watermarked
+    assert np.isfinite(forced).sum() == 1
+    # answer so far 3, 9: window (9,) at answer position 2 is the answer's first own use -> marked
+    assert np.isfinite(proc(np.array(prompt + [3]), logits)).sum() == 1
+    assert np.isfinite(proc(np.array(prompt + [3, 9]), logits)).sum() == 1
+    # answer 3, 9, 4, 9: window (9,) comes back -> scores untouched, the engine samples
+    assert np.isfinite(proc(np.array(prompt + [3, 9, 4]), logits)).sum() == 1
+    assert np.array_equal(proc(np.array(prompt + [3, 9, 4, 9]), logits), logits)
+    # a new sequence (engines reuse a request's processors for n choices) starts afresh
+    assert np.isfinite(proc(np.array(prompt), logits)).sum() == 1
+    # without the option every position is watermarked
+    plain = Watermark(SchemeParams(scheme="gumbel"), KEY).processor(1.0)
+    for n in range(4):
+        plain(np.array(prompt + [3, 9, 4][:n]), logits)
+    assert np.isfinite(plain(np.array(prompt + [3, 9, 4, 9]), logits)).sum() == 1
+
+
+def test_skip_repeated_detection_scores_first_occurrence_of_each_window():
+    wm = Watermark(SKIP, KEY)
+    ids = [5, 6, 5, 7, 5, 6, 8]
+    scored, _ = score_tuples(wm, ids)
+    # windows at positions 1..6: 5, 6, 5(again), 7, 5(again), 6(again) -> positions 1, 2, 4 scored
+    assert np.flatnonzero(scored).tolist() == [1, 2, 4]
+    # plain dedup scores every distinct (window, token): (5,6) (6,5) (5,7) (7,5) (6,8)
+    assert score_tuples(Watermark(SchemeParams(scheme="gumbel"), KEY), ids)[0].sum() == 5
+    with pytest.raises(ValueError, match="skip_repeated"):
+        SchemeParams(skip_repeated=True, self_seeding=True, context_width=2)
+
+
+def test_skip_repeated_generation_is_detected_and_does_not_loop():
+    """A peaked model that invites loops: plain Gumbel h=1 locks into one, skip_repeated does not."""
+    rng = np.random.default_rng(6)
+    vocab = 50
+    table = rng.normal(size=(vocab, vocab)).astype(np.float32) * 4  # next-token logits given the last token
+
+    def generate(params, seed):
+        proc = Watermark(params, KEY).processor(1.0)
+        r = np.random.default_rng(seed)
+        ids = [0]
+        for _ in range(200):
+            out = proc(np.array(ids), table[ids[-1]]).astype(np.float64)
+            p = np.exp(out - out.max())
+            ids.append(int(r.choice(vocab, p=p / p.sum())))
+        return ids
+
+    looped = generate(SchemeParams(scheme="gumbel"), 1)
+    varied = generate(SKIP, 1)
+    # a deterministic successor per token: the plain answer ends in a short cycle
+    assert len(set(zip(looped[100:], looped[101:]))) < 10
+    assert len(set(zip(varied[100:], varied[101:]))) > 30
+    assert Detector(SKIP, KeyRing.from_secret(KEY)).detect_ids([varied]).p_value < 1e-4
+    assert Detector(SKIP, KeyRing.from_secret(OTHER)).detect_ids([varied]).p_value > 1e-3
+
+
 @pytest.mark.parametrize(
     "params",
-    [SchemeParams(), SchemeParams(context_width=3, self_seeding=True), SchemeParams(scheme="gumbel")],
-    ids=["kgw", "kgw-selfseed", "gumbel"],
+    [SchemeParams(), SchemeParams(context_width=3, self_seeding=True), SchemeParams(scheme="gumbel"), SKIP],
+    ids=["kgw", "kgw-selfseed", "gumbel", "gumbel-skip"],
 )
 def test_p_values_are_uniform_under_h0(params):
     # Zipf-like token frequencies, as in real text: frequent tokens repeat across windows.

@@ -223,7 +223,7 @@ def read_predictions(model: Any, prompt_ids: list[int], answer_ids: list[int], m
 
     ids = (prompt_ids + answer_ids)[:max_len]
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
     top1 = logits.argmax(-1).tolist()
     start = len(prompt_ids)
     # position start+i is predicted by logits at start+i-1; answer position 0 needs prompt context
@@ -331,13 +331,36 @@ def audit_black_box(
         answer = _remote_answerer(suspect, model_name, max_tokens, temperature, api_key)
     else:
         answer = _local_answerer(suspect, max_tokens, temperature)
-    tset = TupleSet(params.context_width)
     it = track(prompted, description="querying suspect", transient=True) if progress else prompted
+    answers = []
     for ex in it:
         msgs = ex.prompt if isinstance(ex.prompt, list) else [{"role": "user", "content": ex.prompt}]
-        text = answer(msgs)
+        answers.append(answer(msgs))
+    return audit_answers(suspect, prompted, answers, params, keys, tokenizer, control_keys, started)
+
+
+def audit_answers(
+    suspect: str,
+    examples: list[Example],
+    answers: list[str],
+    params: SchemeParams,
+    keys: KeyRing,
+    tokenizer: Any,
+    control_keys: int = 5,
+    started: float | None = None,
+) -> AuditResult:
+    """Black-box scoring of answers the suspect gave to ``examples``' prompts (however obtained).
+
+    Tuples are deduplicated over all answers, and those that occur in the prompt (copyable) are
+    skipped.
+    """
+    started = time.time() if started is None else started
+    if len(answers) != len(examples):
+        raise AuditError(f"{len(answers)} answers for {len(examples)} prompts: give one answer per prompt")
+    tset = TupleSet(params.context_width)
+    for ex, text in zip(examples, answers):
         text_tuples(tokenizer.encode(text), tokenizer.encode(_prompt_text(ex.prompt)), params.context_width, tset)
-    return _conclude("black-box", suspect, len(prompted), tset, params, keys, control_keys, started)
+    return _conclude("black-box", suspect, len(examples), tset, params, keys, control_keys, started)
 
 
 def _remote_answerer(url: str, model_name: str | None, max_tokens: int, temperature: float, api_key: str | None):

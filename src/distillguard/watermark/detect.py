@@ -71,14 +71,23 @@ def z_score_p_value(params: SchemeParams, n: int, greens: float) -> float:
 def score_tuples(
     wm: Watermark, ids: Sequence[int], seen: set[tuple] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-position (scored?, contribution) for one token sequence; updates ``seen`` in place."""
+    """Per-position (scored?, contribution) for one token sequence; updates ``seen`` in place.
+
+    With ``skip_repeated`` only the first occurrence of each window in this sequence can be
+    scored (later ones were generated without the watermark).
+    """
     h = wm.params.context_width
     seen = set() if seen is None else seen
+    windows: set[tuple[int, ...]] = set()
     n = len(ids)
     scored = np.zeros(n, dtype=bool)
     contrib = np.zeros(n, dtype=np.float64)
     for i in range(h, n):
         window, token = tuple(int(x) for x in ids[i - h : i]), int(ids[i])
+        if wm.params.skip_repeated:
+            if window in windows:
+                continue
+            windows.add(window)
         key = wm.dedup_key(window, token)
         if key in seen:
             continue

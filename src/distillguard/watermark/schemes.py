@@ -15,6 +15,17 @@ window is the ``h`` token ids before the position:
   sampling distribution (temperature and top-p applied first). Over the key this is an exact
   sample from p, so quality is untouched (distortion-free). The score of a token is
   ``-log(1 - u)``: Exp(1) under H0, so the sum over n distinct tuples is Gamma(n, 1).
+
+``skip_repeated`` (both schemes; SynthID-style repeated-context masking, Dathathri et al. 2024):
+only the first occurrence of each window inside an answer is watermarked; when a window comes
+back, the processor leaves the scores alone and the engine samples as usual. Why: Gumbel-max is
+deterministic given the window, so with a short window, once an answer repeats a phrase the same
+argmax comes back after every token and the answer locks into a loop ("New York Giants\n- New
+York Giants\n- ..."), which costs quality and, since repeated tuples are scored once, gives no
+evidence either (measured on SmolLM2: a third of Gumbel h=1 answers never reached p < 1e-5, most
+of them 200-token loops). Detection then scores only the first occurrence of each window in a
+text (the positions that were watermarked); under H0 those tuples are still distinct, so the
+p-values stay exact.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ class SchemeParams:
     context_width: int = 1
     self_seeding: bool = False
     entropy_threshold: float = 0.0  # nats; 0 = bias every position
+    skip_repeated: bool = False  # watermark only the first occurrence of each window in an answer
 
     def __post_init__(self) -> None:
         if self.scheme not in ("kgw", "gumbel"):
@@ -51,9 +63,12 @@ class SchemeParams:
             raise ValueError(f"context_width must be >= 1, got {self.context_width}")
         if self.scheme == "gumbel" and self.self_seeding:
             raise ValueError("self_seeding is only defined for the 'kgw' scheme")
+        if self.skip_repeated and self.self_seeding:
+            raise ValueError("skip_repeated needs plain window seeding (self_seeding=False)")
 
     def describe(self) -> dict[str, object]:
-        d: dict[str, object] = {"scheme": self.scheme, "context_width": self.context_width}
+        d: dict[str, object] = {"scheme": self.scheme, "context_width": self.context_width,
+                                "skip_repeated": self.skip_repeated}
         if self.scheme == "kgw":
             d.update(gamma=self.gamma, delta=self.delta, self_seeding=self.self_seeding,
                      entropy_threshold=self.entropy_threshold)
@@ -135,9 +150,39 @@ def _top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
     return out
 
 
+class _WindowMemory:
+    """Which windows this answer has already used (for ``skip_repeated``), from input_ids alone.
+
+    A processor sees prompt + answer so far. Its first call marks where the answer starts; a call
+    whose input is not exactly one token longer than the last one starts a new sequence (engines
+    may reuse a request's processors for its n choices). Windows that reach into the prompt are
+    never remembered: detection cannot see the prompt, so it could not skip them either.
+    """
+
+    def __init__(self, h: int):
+        self.h = h
+        self.start = 0
+        self.last_n = -1
+        self.seen: set[tuple[int, ...]] = set()
+
+    def repeated(self, input_ids: np.ndarray) -> bool:
+        n = len(input_ids)
+        if n != self.last_n + 1:
+            self.start, self.seen = n, set()
+        self.last_n = n
+        if n - self.h < self.start:
+            return False
+        w = tuple(int(x) for x in input_ids[n - self.h : n])
+        if w in self.seen:
+            return True
+        self.seen.add(w)
+        return False
+
+
 class _GreenListProcessor:
     def __init__(self, wm: Watermark, temperature: float):
         self.wm = wm
+        self.memory = _WindowMemory(wm.params.context_width) if wm.params.skip_repeated else None
         self.temperature = temperature if temperature > 0 else 1.0
         # Engines divide by the temperature *after* processors run; scaling the bias by T makes
         # delta the logit bias of the distribution actually sampled from (as in the KGW paper
@@ -147,6 +192,8 @@ class _GreenListProcessor:
     def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
         p = self.wm.params
         if len(input_ids) < p.context_width:
+            return logits
+        if self.memory is not None and self.memory.repeated(input_ids):
             return logits
         if p.entropy_threshold > 0:
             probs = _softmax(logits, self.temperature)
@@ -162,6 +209,7 @@ class _GumbelProcessor:
         self.wm = wm
         self.temperature = temperature
         self.top_p = top_p
+        self.memory = _WindowMemory(wm.params.context_width) if wm.params.skip_repeated else None
 
     def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
         h = self.wm.params.context_width
@@ -169,6 +217,8 @@ class _GumbelProcessor:
             choice = int(np.argmax(logits))  # greedy decoding leaves no randomness to key
         elif len(input_ids) < h:
             return logits
+        elif self.memory is not None and self.memory.repeated(input_ids):
+            return logits  # a window seen before in this answer: the engine samples as usual
         else:
             probs = _softmax(logits, self.temperature)
             if self.top_p < 1.0:
