@@ -1,6 +1,13 @@
 """Policy simulation: what the risk policy costs legitimate customers and what it leaves attackers.
 
-    nice -n 10 .venv/bin/python bench/policy_simulation.py [--scale 1.0] [--no-embeddings]
+    nice -n 10 .venv/bin/python bench/policy_simulation.py [--scale 1.0] [--no-embeddings] \
+        [--save-trace T.pkl.gz | --from-trace T.pkl.gz] [--policy POLICY.toml]
+
+Detection does not depend on the policy here (every request, refused or not, is an event the
+detector sees), so the expensive part (MiniLM embeddings, linking) can run once with
+``--save-trace``, and policies are then compared on the same detector updates with
+``--from-trace`` in seconds. The trace holds the board updates after every batch, the
+calibration and a fingerprint of the replayed events (rebuilt from the same seed, checked).
 
 1. Tune split (held apart): benign-only traffic from ``detect/traffic.py``; the detector's
    operating threshold is calibrated on it (``detect.calibrate``, target account FPR 0.1%).
@@ -13,18 +20,32 @@
 3. Measured:
    * legitimate impact: share of benign requests whose decision is not ``allow`` (throttle,
      degrade, verify, block), and the share actually refused (403, or 429 only under the policy);
-   * attacker yield: useful answer tokens obtained with the policy / without it. Useful = the
-     completion tokens (from the events; the traffic generator draws them per request) of requests
-     served with ``allow`` or ``throttle``; a degraded answer has its reasoning withheld and its
-     logprobs noised, so by the issue's definition it no longer counts ("before being blocked or
-     degraded"). Also reported, as a lower bound on the defence: yield counting degraded answers
-     as fully useful (what degrade buys when a model's reasoning is not in ``<think>`` tags).
+   * legitimate impact, two ways: ``decision_share`` = benign requests whose decision was not
+     ``allow`` (a throttle decision whose budget was never reached counts, though the customer
+     noticed nothing); ``affected_share`` = benign requests whose answer changed: refused (403,
+     429 from the risk budget or a scaled limit that the tier's own limit would have passed) or
+     degraded (shorter, reasoning withheld). The goal (<= 0.5%) is checked on both.
+   * attacker yield: answer tokens obtained with the policy / without it (completion tokens from
+     the events; the traffic generator draws them per request). Primary (``yield_ratio``): every
+     token the attacker actually receives, a degraded answer counted at its capped length
+     (``degrade.max_tokens``), as if its content were fully useful. Also reported:
+     ``yield_ratio_degraded_as_zero`` (session 1's definition: a degraded answer, reasoning
+     withheld and logprobs noised, no longer counts).
+     The campaign is a fixed schedule (the generator's requests over ``--days``): a refused
+     request is lost, as for an attacker with a deadline. ``reduction_x_if_429s_were_resent_and_served``
+     bounds what a patient attacker recovers by re-sending every request the risk budget refused
+     (as if each were then served in full; verify/block refusals are not recoverable).
+   * the session-1 policy (degrade at the flag, no risk budget, no length cap) runs on the same
+     detector updates in the same pass (``session1_policy_same_run``), for a same-run ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import json
+import pickle
 import os
 import platform
 import statistics
@@ -99,6 +120,188 @@ def machine() -> dict[str, Any]:
     return info
 
 
+class Sim:
+    """One policy over the replay: its own board (fed the same detector updates), limiter and
+    per-account tallies."""
+
+    def __init__(self, name: str, cfg: Any, threshold: float, tier: Any) -> None:
+        from distillguard.policy.engine import RiskPolicy
+        from distillguard.policy.state import RiskBoard
+
+        self.name, self.cfg = name, cfg
+        self.board = RiskBoard(threshold)
+        self.policy = RiskPolicy(self.board, cfg, threshold=threshold)
+        self.lim = WindowLimiter(tier)
+        self.per: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.actions: dict[str, dict[str, int]] = {"benign": defaultdict(int), "attack": defaultdict(int)}
+        self.first_restricted: dict[str, int] = {}
+        self.decide_us: list[float] = []
+        self.reasons_example: dict[str, list[str]] = {}
+
+    def step(self, ctx: Any, acct: str, side: str, n_seen: int, tokens: int, budget_tokens: int,
+             ids: tuple[str, str], base_ok: bool) -> float:
+        t1 = time.perf_counter()
+        d = self.policy.decide(ctx)
+        self.decide_us.append((time.perf_counter() - t1) * 1e6)
+        refused_budget = d.retry_after_s is not None
+        act = "throttle-429" if refused_budget else d.action
+        self.actions[side][act] += 1
+        cap = d.degrade.max_tokens if (d.action == "degrade" and d.degrade is not None) else None
+        got = tokens if cap is None else min(tokens, cap)
+        served = (d.action in ("allow", "throttle", "degrade") and not refused_budget
+                  and self.lim.allow(ids, ctx.ts, budget_tokens if cap is None else budget_tokens - tokens + got,
+                                     d.limit_scale))
+        p = self.per[acct]
+        p["requests"] += 1
+        p["base_tokens"] += tokens if base_ok else 0
+        p["received_tokens"] += got if served else 0
+        p["useful_tokens_degraded_as_zero"] += tokens if served and d.action != "degrade" else 0
+        restricted = d.action in RESTRICTIVE
+        p["restricted"] += restricted
+        affected = (d.action in ("degrade", "verify", "block") or refused_budget or (not served and base_ok))
+        p["affected"] += affected
+        p["refused"] += not served
+        p["refused_by_budget"] += refused_budget
+        # what a patient attacker could still get by re-sending a 429'd request later (upper bound:
+        # as if every one of them were then served in full)
+        p["budget_refused_tokens"] += tokens if refused_budget and base_ok else 0
+        p["degraded"] += d.action == "degrade" and served
+        if restricted and acct not in self.first_restricted:
+            self.first_restricted[acct] = n_seen
+        key = f"{side}:{act}:{d.rule}"
+        if key not in self.reasons_example:
+            self.reasons_example[key] = list(d.reasons)
+        return d.level
+
+    def update(self, records: dict[str, dict[str, Any]]) -> None:
+        self.board.update_many(records)
+
+    def summary(self, labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        per = self.per
+
+        def group(accts: list[str]) -> dict[str, Any]:
+            s: dict[str, float] = defaultdict(float)
+            for a in accts:
+                for k, v in per[a].items():
+                    s[k] += v
+            base = s["base_tokens"]
+            got, zero = s["received_tokens"], s["useful_tokens_degraded_as_zero"]
+            out: dict[str, Any] = {"accounts": len(accts), "requests": int(s["requests"]),
+                                   "tokens_no_defence": int(base), "tokens_received_with_policy": int(got),
+                                   "useful_tokens_degraded_as_zero": int(zero)}
+            out["yield_ratio"] = got / base if base else None
+            out["reduction_x"] = base / got if got else float("inf")
+            out["yield_ratio_degraded_as_zero"] = zero / base if base else None
+            out["reduction_x_degraded_as_zero"] = base / zero if zero else float("inf")
+            recov = got + s["budget_refused_tokens"]
+            out["reduction_x_if_429s_were_resent_and_served"] = base / recov if recov else float("inf")
+            out["requests_refused"] = int(s["refused"])
+            out["requests_refused_by_budget"] = int(s["refused_by_budget"])
+            out["requests_degraded"] = int(s["degraded"])
+            rb = [self.first_restricted[a] for a in accts if a in self.first_restricted]
+            out["accounts_restricted"] = len(rb)
+            out["median_requests_before_restriction"] = statistics.median(rb) if rb else None
+            return out
+
+        benign = [a for a, lab in labels.items() if not lab["label"] and a in per]
+        singles = [a for a, lab in labels.items() if lab["label"] and not lab["group"] and a in per]
+        hydras: dict[str, list[str]] = defaultdict(list)
+        for a, lab in labels.items():
+            if lab["label"] and lab["group"] and a in per:
+                hydras[lab["group"]].append(a)
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for a in singles:
+            by_kind[labels[a]["kind"]].append(a)
+        n_benign = sum(per[a]["requests"] for a in benign)
+        restricted = sum(per[a]["restricted"] for a in benign)
+        affected = sum(per[a]["affected"] for a in benign)
+        benign_kinds: dict[str, dict[str, Any]] = {}
+        for a in benign:
+            bk = benign_kinds.setdefault(labels[a]["kind"], {"accounts": 0, "requests": 0, "decision_not_allow": 0,
+                                                              "affected_requests": 0, "accounts_with_a_restriction": 0})
+            bk["accounts"] += 1
+            bk["requests"] += int(per[a]["requests"])
+            bk["decision_not_allow"] += int(per[a]["restricted"])
+            bk["affected_requests"] += int(per[a]["affected"])
+            bk["accounts_with_a_restriction"] += int(per[a]["restricted"] > 0)
+        act = self.actions["benign"]
+        return {
+            "legitimate": {
+                "requests": int(n_benign),
+                "decision_share": restricted / n_benign if n_benign else None,
+                "affected_share": affected / n_benign if n_benign else None,
+                "decision_not_allow_requests": int(restricted),
+                "affected_requests": int(affected),
+                "accounts_with_a_restriction": sum(1 for a in benign if per[a]["restricted"] > 0),
+                "accounts": len(benign),
+                "refused_by_budget": int(act.get("throttle-429", 0)),
+                "blocked_or_verify_requests": int(act.get("block", 0) + act.get("verify", 0)),
+                "degraded_requests": int(act.get("degrade", 0)),
+                "throttled_requests": int(act.get("throttle", 0)),
+                "by_kind": benign_kinds,
+                "goal": "decision_share and affected_share <= 0.005",
+            },
+            "attackers": {
+                "single_account": group(singles),
+                "single_account_by_kind": {k: group(v) for k, v in sorted(by_kind.items())},
+                "hydra": group([a for v in hydras.values() for a in v]),
+                "hydra_by_group": {g: group(v) for g, v in sorted(hydras.items())},
+                "all": group(singles + [a for v in hydras.values() for a in v]),
+                "goal": "reduction_x >= 10",
+            },
+            "actions": {side: dict(v) for side, v in self.actions.items()},
+            "decide_us": {"median": statistics.median(self.decide_us),
+                          "p99": sorted(self.decide_us)[int(0.99 * len(self.decide_us))]},
+            "example_reasons": self.reasons_example,
+        }
+
+
+def session1_policy() -> Any:
+    """The policy as session 1 left it (for the same-run comparison): degrade at the flag, verify
+    at level 1.6, per-minute limits scaled from 0.9, no risk budget, no length cap."""
+    from distillguard.policy.config import DegradeConfig, PolicyConfig, Rule, ThrottleCurve
+
+    rules = [
+        Rule(name="banned", review=["banned"], action="block"),
+        Rule(name="exempt", review=["exempt"], action="allow"),
+        Rule(name="verified-flagged", review=["verified"], min_level=1.5, action="degrade"),
+        Rule(name="verified", review=["verified"], min_level=0.9, action="throttle"),
+        Rule(name="verified-ok", review=["verified"], action="allow"),
+        Rule(name="high-confidence", min_level=1.6, action="verify"),
+        Rule(name="trial-flagged", tiers=["trial"], min_level=1.0, action="verify"),
+        Rule(name="flagged", min_level=1.0, action="degrade"),
+        Rule(name="elevated", min_level=0.9, action="throttle"),
+    ]
+    return PolicyConfig(rules=rules, throttle=ThrottleCurve(start=0.9, full=1.6, power=2.0, floor=0.05,
+                                                            budget_requests=None),
+                        degrade=DegradeConfig(max_tokens=None))
+
+
+def events_fingerprint(raw: list[dict[str, Any]]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for e in raw:
+        h.update(f"{e['id']}|{e['account']}|{e['ts']:.3f}\n".encode())
+    return h.hexdigest()
+
+
+def detect_source_hash() -> str:
+    """Hash of the detection code this run imported (the working tree can differ from the commit)."""
+    h = hashlib.blake2b(digest_size=8)
+    for f in sorted((ROOT / "src" / "distillguard" / "detect").glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="persona counts x this (Mix.scaled)")
@@ -109,6 +312,14 @@ def main() -> None:
     ap.add_argument("--calibration", type=Path, default=None,
                     help="reuse a calibration JSON (detect calibrate / --save-calibration) instead of calibrating")
     ap.add_argument("--save-calibration", type=Path, default=None, help="write the tune-split calibration here")
+    ap.add_argument("--save-trace", type=Path, default=None, help="write the detector's board updates here")
+    ap.add_argument("--from-trace", type=Path, default=None,
+                    help="replay the policy on a saved trace (no detector run; same --scale/--days/--seed)")
+    ap.add_argument("--policy", type=Path, default=None, help="policy TOML (default: PolicyConfig() defaults)")
+    ap.add_argument("--split", choices=("report", "tune"), default="report",
+                    help="replay the held-out report split (default), or the benign-only tune split the "
+                         "calibration used (to choose policy settings on benign traffic without touching the report split)")
+    ap.add_argument("--no-session1", action="store_true", help="skip the session-1 policy comparison")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "policy_simulation.json")
     args = ap.parse_args()
 
@@ -118,71 +329,96 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from distillguard.config import Settings
-    from distillguard.detect.calibrate import calibrate
-    from distillguard.detect.config import DetectConfig
-    from distillguard.detect.online import OnlineDetector, iter_batches
     from distillguard.detect.traffic import Mix, build_traffic, load_corpora
     from distillguard.events import ExchangeEvent
     from distillguard.gateway.policy import PolicyContext
-    from distillguard.policy.config import PolicyConfig
-    from distillguard.policy.engine import RiskPolicy
-    from distillguard.policy.state import RiskBoard
+    from distillguard.policy.config import PolicyConfig, level
+    from distillguard.policy.engine import load_policy_file
     from distillguard.store.base import Account, KeyRecord
 
     t_start = time.time()
-    embedder = None
-    if args.embeddings:
-        from distillguard.detect.embed import MiniLMEmbedder
-
-        embedder = MiniLMEmbedder(threads=2)
-    cfg = DetectConfig(embeddings=args.embeddings)
-
-    # 1. calibrate on the tune split, benign only
+    detect_hash = detect_source_hash()  # before anything runs: the code this process imported
     mix = Mix().scaled(args.scale)
+    trace_in: dict[str, Any] | None = None
+    embedder = None
+    cfg = None
     t0 = time.perf_counter()
-    if args.calibration is not None:
-        cal = json.loads(args.calibration.read_text())
-        if (cal.get("embedder") is None) != (embedder is None):
-            sys.exit(f"error: {args.calibration} was calibrated with embedder {cal.get('embedder')!r}; "
-                     f"this run embeds with {embedder.name if embedder else None!r}")
+    if args.from_trace is not None:
+        with gzip.open(args.from_trace, "rb") as fh:
+            trace_in = pickle.load(fh)
+        meta = trace_in["meta"]
+        for k in ("scale", "days", "seed", "batch", "split"):
+            if meta[k] != getattr(args, k):
+                sys.exit(f"error: {args.from_trace} was recorded with --{k} {meta[k]}, not {getattr(args, k)}")
+        cal = trace_in["calibration"]
     else:
-        tune = build_traffic(load_corpora("tune"), Mix(**{**mix.__dict__, "benign_only": True}), seed=args.seed, days=args.days)
-        tune_events = [ExchangeEvent.model_validate(e) for e in tune.sorted_events()]
-        print(f"calibrating on {len(tune_events):,} benign tune-split events ...", file=sys.stderr)
-        cal = calibrate(tune_events, target_fpr=0.001, config=cfg, embedder=embedder)
-        del tune_events, tune
-        if args.save_calibration is not None:
-            from distillguard.detect.calibrate import write_calibration
+        from distillguard.detect.calibrate import calibrate
+        from distillguard.detect.config import DetectConfig
 
-            write_calibration(cal, args.save_calibration)
+        if args.embeddings:
+            from distillguard.detect.embed import MiniLMEmbedder
+
+            embedder = MiniLMEmbedder(threads=2)
+        cfg = DetectConfig(embeddings=args.embeddings)
+        # 1. calibrate on the tune split, benign only
+        if args.calibration is not None:
+            cal = json.loads(args.calibration.read_text())
+            if (cal.get("embedder") is None) != (embedder is None):
+                sys.exit(f"error: {args.calibration} was calibrated with embedder {cal.get('embedder')!r}; "
+                         f"this run embeds with {embedder.name if embedder else None!r}")
+        else:
+            tune = build_traffic(load_corpora("tune"), Mix(**{**mix.__dict__, "benign_only": True}), seed=args.seed,
+                                 days=args.days)
+            tune_events = [ExchangeEvent.model_validate(e) for e in tune.sorted_events()]
+            print(f"calibrating on {len(tune_events):,} benign tune-split events ...", file=sys.stderr)
+            cal = calibrate(tune_events, target_fpr=0.001, config=cfg, embedder=embedder)
+            del tune_events, tune
+            if args.save_calibration is not None:
+                from distillguard.detect.calibrate import write_calibration
+
+                write_calibration(cal, args.save_calibration)
     cal_s = time.perf_counter() - t0
     threshold = float(cal["threshold"])
     print(f"threshold {threshold:.4f} ({cal['resolution']}) in {cal_s:.0f}s", file=sys.stderr)
 
-    # 2. replay the held-out report split
-    report = build_traffic(load_corpora("report"), mix, seed=args.seed + 1, days=args.days)
+    # 2. replay the held-out report split (or, --split tune, the benign tune split itself)
+    if args.split == "tune":
+        report = build_traffic(load_corpora("tune"), Mix(**{**mix.__dict__, "benign_only": True}), seed=args.seed,
+                               days=args.days)
+    else:
+        report = build_traffic(load_corpora("report"), mix, seed=args.seed + 1, days=args.days)
     labels = report.labels()
     raw = report.sorted_events()
+    fingerprint = events_fingerprint(raw)
+    if trace_in is not None and trace_in["meta"]["events_fingerprint"] != fingerprint:
+        sys.exit(f"error: the rebuilt report split differs from the one in {args.from_trace} "
+                 "(traffic generator or corpora changed): record a new trace")
     events = [ExchangeEvent.model_validate(e) for e in raw]
-    detector = OnlineDetector(cfg, embedder=embedder, threshold=threshold,
-                              reference_prompts=cal.get("reference_prompts") or None)
-    board = RiskBoard(threshold)
-    policy = RiskPolicy(board, PolicyConfig(), threshold=threshold)
-    on_update = board.detector_callback()
-    tier = Settings().limits.tiers["standard"]
-    lim_policy, lim_base = WindowLimiter(tier), WindowLimiter(tier)
+    detector = None
+    if trace_in is None:
+        from distillguard.detect.online import OnlineDetector
 
-    per: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(float))
-    actions: dict[str, dict[str, int]] = {"benign": defaultdict(int), "attack": defaultdict(int)}
-    decide_us: list[float] = []
-    first_restricted: dict[str, int] = {}
+        detector = OnlineDetector(cfg, embedder=embedder, threshold=threshold,
+                                  reference_prompts=cal.get("reference_prompts") or None)
+    policy_cfg = load_policy_file(args.policy) if args.policy is not None else PolicyConfig()
+    tier = Settings().limits.tiers["standard"]
+    sims = [Sim("policy", policy_cfg, threshold, tier)]
+    if not args.no_session1:
+        sims.append(Sim("session1", session1_policy(), threshold, tier))
+    lim_base = WindowLimiter(tier)
+    verdict_board = sims[0].board  # _verdict needs a board for its evidence cut-off
+    trace_out: list[dict[str, dict[str, Any]]] = []
     seen: dict[str, int] = defaultdict(int)
     trace: list[tuple[str, bool, float, int]] = []  # (side, hydra?, level at decision, tokens)
+    peak_level: dict[str, float] = defaultdict(float)
     t0 = time.perf_counter()
+    batches = list(iter_batches_list(events, args.batch))
+    if trace_in is not None and len(trace_in["batches"]) != len(batches):
+        sys.exit("error: the trace's batch count does not match this replay")
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("replay", total=len(events))
-        for batch in iter_batches(events, args.batch):
+        for bi, batch in enumerate(batches):
             for ev in batch:
                 acct = ev.account
                 lab = labels[acct]
@@ -192,123 +428,103 @@ def main() -> None:
                                     tier="standard", endpoint=ev.endpoint, request=ev.request,
                                     prompt_tokens=ev.response.prompt_tokens if ev.response else 0, ip=ev.ip,
                                     user_agent=ev.user_agent, ts=ev.ts, engine=None)
-                t1 = time.perf_counter()
-                d = policy.decide(ctx)
-                decide_us.append((time.perf_counter() - t1) * 1e6)
-                actions[side][d.action] += 1
                 resp = ev.response
                 tokens = (resp.completion_tokens if resp else 0)
                 budget = (resp.prompt_tokens if resp else 0) + tokens
                 ids = (ev.key or acct, acct)
                 base_ok = lim_base.allow(ids, ev.ts, budget, 1.0)
-                served = d.action in ("allow", "throttle", "degrade") and lim_policy.allow(ids, ev.ts, budget, d.limit_scale)
-                trace.append((side, lab["group"] is not None, d.level, tokens if base_ok else 0))
-                p = per[acct]
-                p["requests"] += 1
-                p["base_tokens"] += tokens if base_ok else 0
-                p["useful_tokens"] += tokens if served and d.action != "degrade" else 0
-                p["served_tokens"] += tokens if served else 0
-                p["restricted"] += d.action in RESTRICTIVE
-                p["refused"] += not served
-                p["refused_429_policy_only"] += (not served) and d.action in ("allow", "throttle", "degrade") and base_ok
-                p["degraded"] += d.action == "degrade"
-                if d.action in RESTRICTIVE and acct not in first_restricted:
-                    first_restricted[acct] = seen[acct]
-            detector.process_batch(batch)
-            changed = {ev.account for ev in batch}
-            on_update(detector, changed)
+                lv = 0.0
+                for sim in sims:
+                    lvl = sim.step(ctx, acct, side, seen[acct], tokens if base_ok else 0, budget, ids, base_ok)
+                    if sim is sims[0]:
+                        lv = lvl
+                trace.append((side, lab["group"] is not None, lv, tokens if base_ok else 0))
+                peak_level[acct] = max(peak_level[acct], lv)
+            if trace_in is not None:
+                records = trace_in["batches"][bi]
+            else:
+                detector.process_batch(batch)
+                changed = {ev.account for ev in batch}
+                records = {a: verdict_board._verdict(detector, a) for a in changed if a in detector.accounts}
+                if args.save_trace is not None:
+                    trace_out.append(records)
+            for sim in sims:
+                sim.update(records)
             bar.update(task, advance=len(batch))
             done = int(bar.tasks[0].completed)
             if not sys.stderr.isatty() and done // 5000 != (done - len(batch)) // 5000:
                 print(f"replayed {done:,}/{len(events):,} events in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-        detector.finish()
+        if detector is not None:
+            detector.finish()
     replay_s = time.perf_counter() - t0
+    if args.save_trace is not None and trace_in is None:
+        args.save_trace.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"scale": args.scale, "days": args.days, "seed": args.seed, "batch": args.batch, "split": args.split,
+                "embeddings": embedder.name if embedder else None, "events": len(events),
+                "events_fingerprint": fingerprint, "git_commit": git_commit(), "detect_source_hash": detect_hash,
+                "command": " ".join([sys.executable.rsplit("/", 1)[-1]] + sys.argv),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "replay_s": round(replay_s, 1)}
+        with gzip.open(args.save_trace, "wb") as fh:
+            pickle.dump({"meta": meta, "calibration": cal, "batches": trace_out}, fh)
+        print(f"trace -> {args.save_trace}", file=sys.stderr)
 
     # 3. summarise
-    def group(accts: list[str]) -> dict[str, Any]:
-        s = defaultdict(float)
-        for a in accts:
-            for k, v in per[a].items():
-                s[k] += v
-        base = s["base_tokens"]
-        out = {"accounts": len(accts), "requests": int(s["requests"]), "tokens_no_defence": int(base),
-               "useful_tokens_with_policy": int(s["useful_tokens"]),
-               "served_tokens_with_policy_incl_degraded": int(s["served_tokens"])}
-        out["yield_ratio"] = s["useful_tokens"] / base if base else None
-        out["reduction_x"] = base / s["useful_tokens"] if s["useful_tokens"] else float("inf")
-        out["yield_ratio_degraded_counted"] = s["served_tokens"] / base if base else None
-        out["reduction_x_degraded_counted"] = base / s["served_tokens"] if s["served_tokens"] else float("inf")
-        rb = [first_restricted[a] for a in accts if a in first_restricted]
-        out["accounts_restricted"] = len(rb)
-        out["median_requests_before_restriction"] = statistics.median(rb) if rb else None
-        return out
-
-    benign = [a for a, lab in labels.items() if not lab["label"] and a in per]
-    singles = [a for a, lab in labels.items() if lab["label"] and not lab["group"] and a in per]
-    hydras: dict[str, list[str]] = defaultdict(list)
-    for a, lab in labels.items():
-        if lab["label"] and lab["group"] and a in per:
-            hydras[lab["group"]].append(a)
-    by_kind: dict[str, list[str]] = defaultdict(list)
-    for a in singles:
-        by_kind[labels[a]["kind"]].append(a)
-
-    n_benign = sum(per[a]["requests"] for a in benign)
-    restricted = sum(per[a]["restricted"] for a in benign)
-    benign_kinds: dict[str, dict[str, Any]] = {}
-    for a in benign:
-        k = labels[a]["kind"]
-        bk = benign_kinds.setdefault(k, {"accounts": 0, "requests": 0, "restricted_requests": 0, "restricted_accounts": 0})
-        bk["accounts"] += 1
-        bk["requests"] += int(per[a]["requests"])
-        bk["restricted_requests"] += int(per[a]["restricted"])
-        bk["restricted_accounts"] += int(per[a]["restricted"] > 0)
+    main_sum = sims[0].summary(labels)
+    benign_peaks = sorted(peak_level[a] for a, lab in labels.items() if not lab["label"] and a in peak_level)
+    q = {str(x): benign_peaks[min(len(benign_peaks) - 1, int(x * len(benign_peaks)))] for x in (0.5, 0.9, 0.99, 0.999)}
+    tune_q = {k: round(level(v, threshold), 4) for k, v in (cal.get("score_quantiles") or {}).items()}
     result = {
         "bench": "policy_simulation",
         "command": " ".join([sys.executable.rsplit("/", 1)[-1]] + sys.argv),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": {**machine(), "load_avg_end": os.getloadavg()},
         "setup": {"scale": args.scale, "days": args.days, "seed": args.seed, "batch": args.batch,
-                  "embeddings": embedder.name if embedder else None, "tune_split": "benign only, calibration",
-                  "report_split": "held out, all personas", "threshold": threshold,
-                  "calibration": {**{k: cal.get(k) for k in ("target_fpr", "accounts_scored", "achieved_fpr", "resolution")},
-                                  "file": str(args.calibration) if args.calibration else None},
-                  "policy": "PolicyConfig() defaults", "limits": tier.model_dump(),
+                  "embeddings": (trace_in["meta"]["embeddings"] if trace_in else (embedder.name if embedder else None)),
+                  "tune_split": "benign only, calibration", "report_split": "held out, all personas",
+                  "replayed_split": args.split,
+                  "threshold": threshold,
+                  "calibration": {k: cal.get(k) for k in ("target_fpr", "accounts_scored", "achieved_fpr", "resolution")},
+                  "tune_split_benign_score_quantiles_as_levels": tune_q,
+                  "detector_trace": ({"file": str(args.from_trace), **trace_in["meta"]} if trace_in else
+                                     {"recorded_to": str(args.save_trace) if args.save_trace else None,
+                                      "git_commit": git_commit(), "detect_source_hash": detect_hash}),
+                  "policy": str(args.policy) if args.policy else "PolicyConfig() defaults",
+                  "policy_config": policy_cfg.model_dump(mode="json"),
+                  "limits": tier.model_dump(),
                   "tokens": "completion_tokens from the events (drawn by detect/traffic.py per request)"},
         "events": len(events),
-        "accounts": len(per),
-        "legitimate": {
-            "requests": int(n_benign),
-            "restricted_share": restricted / n_benign if n_benign else None,
-            "restricted_requests": int(restricted),
-            "restricted_accounts": sum(1 for a in benign if per[a]["restricted"] > 0),
-            "accounts": len(benign),
-            "refused_by_policy_share": sum(per[a]["refused_429_policy_only"] for a in benign) / n_benign if n_benign else None,
-            "blocked_or_verify_requests": int(actions["benign"]["block"] + actions["benign"]["verify"]),
-            "degraded_requests": int(actions["benign"]["degrade"]),
-            "throttled_requests": int(actions["benign"]["throttle"]),
-            "by_kind": benign_kinds,
-            "goal": "restricted_share <= 0.005",
-        },
-        "attackers": {
-            "single_account": group(singles),
-            "single_account_by_kind": {k: group(v) for k, v in sorted(by_kind.items())},
-            "hydra": group([a for v in hydras.values() for a in v]),
-            "hydra_by_group": {g: group(v) for g, v in sorted(hydras.items())},
-            "goal": "reduction_x >= 10",
-        },
-        "actions": {side: dict(v) for side, v in actions.items()},
+        "accounts": len(sims[0].per),
+        **main_sum,
+        "report_split_benign_peak_level_quantiles": q,
         "sensitivity": sensitivity(trace),
-        "decide_us": {"median": statistics.median(decide_us), "p99": sorted(decide_us)[int(0.99 * len(decide_us))]},
         "seconds": {"calibration": round(cal_s, 1), "replay": round(replay_s, 1), "total": round(time.time() - t_start, 1)},
     }
+    if len(sims) > 1:
+        s1 = sims[1].summary(labels)
+        result["session1_policy_same_run"] = {"legitimate": s1["legitimate"], "attackers": s1["attackers"],
+                                              "actions": s1["actions"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     lg, at = result["legitimate"], result["attackers"]
-    print(f"benign restricted {lg['restricted_share']:.4%} of {lg['requests']:,} requests "
-          f"({lg['restricted_accounts']}/{lg['accounts']} accounts); "
-          f"single-account yield x{at['single_account']['yield_ratio']:.3f} (reduction {at['single_account']['reduction_x']:.1f}x), "
-          f"hydra yield x{at['hydra']['yield_ratio']:.3f} (reduction {at['hydra']['reduction_x']:.1f}x) -> {args.out}")
+    print(f"benign: decision not allow {lg['decision_share']:.4%}, affected {lg['affected_share']:.4%} of "
+          f"{lg['requests']:,} requests ({lg['accounts_with_a_restriction']}/{lg['accounts']} accounts); "
+          f"single-account reduction {at['single_account']['reduction_x']:.1f}x "
+          f"(degraded as zero {at['single_account']['reduction_x_degraded_as_zero']:.1f}x), "
+          f"hydra {at['hydra']['reduction_x']:.1f}x ({at['hydra']['reduction_x_degraded_as_zero']:.1f}x) -> {args.out}")
+    for k, v in at["single_account_by_kind"].items():
+        print(f"  {k:18s} reduction {v['reduction_x']:.1f}x  restricted after {v['median_requests_before_restriction']}")
+    for k, v in at["hydra_by_group"].items():
+        print(f"  {k:18s} reduction {v['reduction_x']:.1f}x  restricted after {v['median_requests_before_restriction']}")
+    if len(sims) > 1:
+        s1 = result["session1_policy_same_run"]
+        print(f"session-1 policy, same run: benign decision {s1['legitimate']['decision_share']:.4%} affected "
+              f"{s1['legitimate']['affected_share']:.4%}; single {s1['attackers']['single_account']['reduction_x']:.1f}x, "
+              f"hydra {s1['attackers']['hydra']['reduction_x']:.1f}x")
+
+
+def iter_batches_list(events: list[Any], size: int) -> Any:
+    for i in range(0, len(events), size):
+        yield events[i:i + size]
 
 
 if __name__ == "__main__":

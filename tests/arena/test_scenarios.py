@@ -32,7 +32,8 @@ def test_attacker_elicits_reasoning_and_benign_chatter_follows_up() -> None:
     sc = load_scenario("quick")
     plans = {p.name: p for p in plan_scenario(sc, builtin_corpora())}
     sweep = plans["maths-sweep-00"]
-    assert sweep.planned_requests == 30 and sweep.collect
+    spec = next(x for x in sc.personas if x.name == "maths-sweep")
+    assert sweep.planned_requests == spec.requests >= 30 and sweep.collect
     assert all("step" in c.turns[0].lower() or "reason" in c.turns[0].lower() or "think" in c.turns[0].lower()
                for c in sweep.conversations)
     chat = [p for n, p in plans.items() if n.startswith("chatter")]

@@ -90,8 +90,11 @@ def test_high_risk_account_is_degraded(shielded: Any) -> None:
     _, secret = store.create_key("risky", "standard")
     board = shield.policy.board
     # what the detection worker does when an account's risk climbs past the degrade level
-    board.set_risk("risky", 0.92,  # level 1.2 at the default threshold 0.9: degrade, not verify
-                    evidence=[{"signal": "template_reuse", "value": 1.0, "detail": "test"}], flagged=True)
+    # level 1.6 at the default threshold 0.9, on a verified account: degrade (unverified: verify)
+    board.set_risk("risky", 0.96, evidence=[{"signal": "template_reuse", "value": 1.0, "detail": "test"}], flagged=True)
+    from distillguard.policy.review import apply_review
+
+    apply_review(store, "risky", "verify", by="test", board=board)  # in the store too: refreshes keep it
     r = _client(url, secret).chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=4, logprobs=True, top_logprobs=5
     )

@@ -1,4 +1,5 @@
-"""degrade: reasoning withheld/summarised (also across chunk boundaries), logprobs capped and noised."""
+"""degrade: reasoning withheld/summarised (also across chunk boundaries), logprobs capped and noised,
+answers capped in length."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from distillguard.policy.degrade import (
     StreamDegrader,
     ThinkFilter,
     apply_to_response,
+    cap_max_tokens,
     cap_request,
     noise_seed,
     strip_reasoning,
@@ -95,6 +97,18 @@ def test_cap_request() -> None:
     assert cap_request(DegradePlan(logprobs="drop"), True, 5, 1) == (False, 0, 1)
     with pytest.raises(LogprobsRefused, match="without logprobs"):
         cap_request(DegradePlan(logprobs="refuse"), True, 5, 1)
+
+
+def test_cap_max_tokens_and_the_plan_from_config() -> None:
+    from distillguard.policy.config import DegradeConfig
+
+    plan = DegradePlan.from_config(DegradeConfig(max_tokens=100))
+    assert plan.max_tokens == 100 and "max_tokens<= 100" in plan.describe()
+    assert cap_max_tokens(plan, 2048) == 100 and cap_max_tokens(plan, 40) == 40
+    unlimited = DegradePlan.from_config(DegradeConfig(max_tokens=None))
+    assert cap_max_tokens(unlimited, 2048) == 2048 and "max_tokens" not in unlimited.describe()
+    with pytest.raises(ValueError, match="max_tokens"):
+        DegradeConfig(max_tokens=0)
 
 
 def _chat_payload(positions: int = 50, k: int = 5) -> dict:

@@ -21,12 +21,23 @@ THR = 0.8
 
 
 def ctx(name: str, tier: str = "standard", ip: str | None = "203.0.113.9", ua: str | None = "OpenAI/Python 1.54.0",
-        prompt: str = "What is the capital of France?", **req: Any) -> PolicyContext:
+        prompt: str = "What is the capital of France?", ts: float | None = None, **req: Any) -> PolicyContext:
     return PolicyContext(
         account=Account(name, tier, 0.0), key=KeyRecord(f"key_{name}", name, tier, 0.0), tier=tier,
         endpoint="/v1/chat/completions",
         request={"model": "smollm2", "messages": [{"role": "user", "content": prompt}], **req},
-        prompt_tokens=8, ip=ip, user_agent=ua, ts=time.time(), engine=None)  # type: ignore[arg-type]
+        prompt_tokens=8, ip=ip, user_agent=ua, ts=time.time() if ts is None else ts, engine=None)  # type: ignore[arg-type]
+
+
+def rule_level(name: str) -> float:
+    """min_level of a default rule (the tests follow the defaults rather than copy their numbers)."""
+    level_ = next(r.min_level for r in PolicyConfig().rules if r.name == name)
+    assert level_ is not None
+    return level_
+
+
+#: a level between the watch line and the flag line
+WATCHED = (rule_level("watch") + rule_level("flagged")) / 2
 
 
 @pytest.fixture
@@ -52,18 +63,24 @@ def test_unknown_account_is_allowed_without_reasons(policy: RiskPolicy) -> None:
 
 
 def test_each_action_path(policy: RiskPolicy, board: RiskBoard) -> None:
-    board.set_risk("low", 0.3)
-    assert policy.decide(ctx("low")).action == "allow"
+    watch = rule_level("watch")
+    board.set_risk("low", risk_at(watch - 0.05, THR))
+    d = policy.decide(ctx("low"))
+    assert d.action == "allow" and d.rule is None and d.budget is None
 
-    board.set_risk("near", risk_at(1.0, THR) - 0.01)  # level ~0.99: elevated
-    d = policy.decide(ctx("near"))
-    assert d.action == "throttle" and 0 < d.limit_scale < 1 and d.rule == "elevated"
+    # between the lines: watched. Served as asked ("allow") while within its risk budget; the
+    # rule and the budget are in the decision
+    board.set_risk("watched", risk_at(WATCHED, THR), evidence=EVIDENCE)
+    d = policy.decide(ctx("watched"))
+    assert d.action == "allow" and d.rule == "watch" and d.degrade is None and d.retry_after_s is None
+    assert d.budget is not None and d.budget_day is not None and any("risk budget" in r for r in d.reasons)
+    assert "within its risk budget: served" in d.reasons
+    assert d.reasons[0].startswith("risk ") and "(template_reuse, reasoning_elicitation)" in d.reasons[0]
 
-    board.set_risk("flagged", risk_at(1.2, THR), evidence=EVIDENCE)
+    board.set_risk("flagged", risk_at(1.2, THR), evidence=EVIDENCE)  # flagged, unverified: verify
     d = policy.decide(ctx("flagged"))
-    assert d.action == "degrade" and d.degrade is not None and d.limit_scale < 1
+    assert d.action == "verify" and d.rule == "flagged" and "verify" in (d.message or "")
     assert d.reasons[0] == "risk 0.84 ≥ 0.80 (template_reuse, reasoning_elicitation)"
-    assert any(r.startswith("degraded:") for r in d.reasons)
 
     board.set_risk("trialist", risk_at(1.2, THR))
     assert policy.decide(ctx("trialist", tier="trial")).action == "verify"
@@ -72,6 +89,14 @@ def test_each_action_path(policy: RiskPolicy, board: RiskBoard) -> None:
     d = policy.decide(ctx("certain"))
     assert d.action == "verify" and "verify" in (d.message or "")
 
+    # degrade: a verified customer far over the line keeps an answer, a shorter one
+    board.set_risk("kyc", risk_at(1.6, THR))
+    board.set_review("kyc", Review("verified", by="ops"))
+    d = policy.decide(ctx("kyc"))
+    assert d.action == "degrade" and d.rule == "verified-flagged" and d.degrade is not None and d.limit_scale < 1
+    assert any(r.startswith("degraded:") and "max_tokens<=" in r for r in d.reasons)
+    assert d.for_event().model_dump()["max_tokens"] == PolicyConfig().degrade.max_tokens
+
     board.set_risk("bad", 0.1)
     board.set_review("bad", Review("banned", by="ops", note="resold outputs"))
     d = policy.decide(ctx("bad"))
@@ -79,24 +104,26 @@ def test_each_action_path(policy: RiskPolicy, board: RiskBoard) -> None:
 
 
 def test_throttle_is_smooth_and_monotone_in_risk(policy: RiskPolicy, board: RiskBoard) -> None:
+    # the curve applies over the flag line (verified customers: never sent to verify or blocked)
     curve = ThrottleCurve()
-    scales = []
-    for i in range(200):
-        risk = i / 200
+    board.set_review("a", Review("verified"))
+    scales, budgets = [], []
+    for i in range(1000):
+        risk = i / 1000
         board.set_risk("a", risk)
-        d = policy.decide(ctx("a"))
-        if d.action in ("verify", "block"):  # refused outright: the most restrictive "rate"
-            scales.append(0.0)
-            continue
+        d = policy.decide(ctx("a", ts=1_700_000_000.0 + i * 86400.0))  # a new day each: budgets never spent
+        assert d.action in ("allow", "degrade")
         scales.append(d.limit_scale)
         assert d.limit_scale == pytest.approx(curve.scale(level(risk, THR)))
+        if d.budget is not None:
+            budgets.append(d.budget)
     assert all(b <= a + 1e-12 for a, b in zip(scales, scales[1:], strict=False))  # never loosens as risk rises
-    served = [s for s in scales if s > 0]
-    assert served[0] == 1.0 and min(served) < 0.2
-    # smooth: no step larger than the curve's steepest slope allows for a 0.005 risk step
-    steps = [a - b for a, b in zip(served, served[1:], strict=False)]
+    assert scales[0] == 1.0 and min(scales) < 0.2
+    # smooth: no step larger than the curve's steepest slope allows for a 0.001 risk step
+    steps = [a - b for a, b in zip(scales, scales[1:], strict=False)]
     assert max(steps) < 0.15
-    assert len({round(s, 6) for s in served if s < 1}) > 20  # many distinct values, not a few plateaus
+    assert len({round(s, 6) for s in scales if s < 1}) > 20  # many distinct values, not a few plateaus
+    assert all(b <= a for a, b in zip(budgets, budgets[1:], strict=False)) and len(set(budgets)) > 10
     # the curve itself reaches its floor and stays there
     assert curve.scale(curve.full) == pytest.approx(curve.floor) and curve.scale(5.0) == pytest.approx(curve.floor)
 
@@ -107,7 +134,7 @@ def test_new_account_joining_a_flagged_cluster_is_restricted_at_once(policy: Ris
     assert policy.decide(ctx("hydra-3")).action == "allow"  # not linked yet
     board.set_risk("hydra-3", 0.0, cluster="c7")  # the detector links it (first request, no own risk)
     d = policy.decide(ctx("hydra-3"))
-    assert d.action == "degrade"
+    assert d.action == "verify"
     assert "cluster c7 flagged: inherits risk" in " ".join(d.reasons) and "hydra-1" in " ".join(d.reasons)
     # leaving the cluster (relink) drops the inheritance
     board.set_risk("hydra-3", 0.0, cluster=None)
@@ -128,8 +155,12 @@ def test_verified_accounts_are_never_sent_to_verification(policy: RiskPolicy, bo
     board.set_review("kyc", Review("verified"))
     board.set_risk("kyc", risk_at(1.9, THR))
     assert policy.decide(ctx("kyc")).action == "degrade"
-    board.set_risk("kyc", risk_at(1.0, THR))
-    assert policy.decide(ctx("kyc")).action == "throttle"
+    board.set_risk("kyc", risk_at(1.2, THR))
+    d = policy.decide(ctx("kyc"))  # throttled: tightened limits and a budget, served within them
+    assert d.rule == "verified" and d.action == "allow" and d.limit_scale < 1 and d.budget is not None
+    board.set_risk("kyc", risk_at(WATCHED, THR))
+    d = policy.decide(ctx("kyc"))  # an unverified account would be watched here
+    assert d.rule == "verified-ok" and d.action == "allow" and d.budget is None
 
 
 def test_indicator_match_raises_risk(board: RiskBoard, tmp_path: Path) -> None:
@@ -144,6 +175,7 @@ def test_indicator_match_raises_risk(board: RiskBoard, tmp_path: Path) -> None:
     assert policy.decide(ctx("x", ip="192.0.2.1")).action == "allow"
     d = policy.decide(ctx("x", ip="198.51.100.7"))
     assert d.action == "degrade" and "matches indicator indicator--11111111-1111-4111-8111-111111111111 (ip)" in d.reasons
+    assert d.level == pytest.approx(cfg.indicators.ip_level)
 
 
 def test_explain_keeps_the_last_decision(policy: RiskPolicy, board: RiskBoard) -> None:
@@ -155,9 +187,88 @@ def test_explain_keeps_the_last_decision(policy: RiskPolicy, board: RiskBoard) -
 
 
 def test_decision_is_a_gateway_decision(policy: RiskPolicy, board: RiskBoard) -> None:
-    board.set_risk("a", risk_at(1.2, THR))
+    board.set_risk("a", risk_at(1.6, THR))
+    board.set_review("a", Review("verified"))
     d = policy.decide(ctx("a"))
     assert isinstance(d, RiskDecision) and d.for_event().action == "degrade"
+
+
+def test_risk_budget_is_spent_then_refills(policy: RiskPolicy, board: RiskBoard) -> None:
+    curve = policy.compiled.config.throttle
+    lvl = WATCHED
+    board.set_risk("a", risk_at(lvl, THR))
+    t0 = 1_700_000_000.0
+    budget = policy.decide(ctx("probe-only", ts=t0)).budget  # unknown account: no budget
+    assert budget is None
+    budget = curve.budget(level(risk_at(lvl, THR), THR))
+    assert budget is not None and 1 <= budget <= curve.budget_requests
+    for i in range(budget):  # spread over the window: all fit
+        d = policy.decide(ctx("a", ts=t0 + i * curve.budget_window_s / (2 * budget)))
+        assert d.action == "allow" and d.rule == "watch" and d.retry_after_s is None and d.budget_used == i
+    t_full = t0 + curve.budget_window_s / 2
+    d = policy.decide(ctx("a", ts=t_full))
+    assert d.action == "throttle" and d.retry_after_s is not None
+    # it fits again when the first counted request leaves the window (t0 + window)
+    assert d.retry_after_s == pytest.approx(t0 + curve.budget_window_s - t_full)
+    assert f"at most {budget} requests per hour" in (d.message or "") and "Retry after" in (d.message or "")
+    assert any("is spent" in r and "429" in r for r in d.reasons)
+    ev = d.for_event().model_dump()
+    assert ev["budget"] == budget and ev["budget_used"] == budget and ev["retry_after_s"] > 0
+    assert policy.explain("a")["last_decision"]["retry_after_s"] == pytest.approx(d.retry_after_s)
+    # a refused request is not counted: after the window has moved on, the account is served again
+    d = policy.decide(ctx("a", ts=t0 + curve.budget_window_s + 1))
+    assert d.retry_after_s is None
+
+
+def test_daily_budget_stops_a_steady_campaign_that_stays_under_the_hourly_one(policy: RiskPolicy,
+                                                                               board: RiskBoard) -> None:
+    board.set_risk("steady", risk_at(WATCHED, THR))
+    t0 = 1_700_000_000.0
+    first = policy.decide(ctx("steady", ts=t0))
+    hourly, daily = first.budget, first.budget_day
+    assert hourly is not None and daily is not None and daily < 24 * hourly
+    gap = 3600.0 / hourly + 1  # always just under the hourly budget
+    assert (daily + 10) * gap < 86400  # the whole test campaign fits in one day
+    served = [True] + [policy.decide(ctx("steady", ts=t0 + i * gap)).retry_after_s is None for i in range(1, daily + 10)]
+    assert sum(served) == daily and all(served[:daily]) and not any(served[daily:])
+    d = policy.decide(ctx("steady", ts=t0 + (daily + 10) * gap))
+    assert f"at most {daily} requests per day" in (d.message or "") and d.budget_day_used == daily
+    assert d.retry_after_s is not None and d.retry_after_s <= 86400
+
+
+def test_budget_shrinks_smoothly_as_risk_rises() -> None:
+    curve = PolicyConfig().throttle
+    assert curve.budget(curve.start) == curve.budget_requests == curve.budget(curve.start - 0.3)  # full below
+    assert curve.daily_budget(curve.start) == curve.daily_budget_requests
+    levels = [curve.start + i * 0.002 for i in range(1, 400)]
+    budgets = [curve.budget(x) for x in levels]
+    assert all(b is not None and b >= 1 for b in budgets)
+    assert all(b2 <= b1 for b1, b2 in zip(budgets, budgets[1:], strict=False))  # never loosens
+    assert budgets[0] >= 0.95 * curve.budget_requests  # just over the line: nearly the whole budget
+    assert budgets[-1] == max(1, int(curve.budget_requests * curve.floor))
+    assert len(set(budgets)) > 20  # many steps, not a cliff
+
+
+def test_linked_accounts_share_one_budget(policy: RiskPolicy, board: RiskBoard) -> None:
+    lvl = WATCHED
+    for name in ("h1", "h2", "h3"):
+        board.set_risk(name, risk_at(lvl, THR), cluster="c9")
+    board.set_risk("solo", risk_at(lvl, THR))
+    budget = policy.compiled.config.throttle.budget(level(risk_at(lvl, THR), THR))
+    assert budget is not None
+    t0 = 1_700_000_000.0
+    served = sum(policy.decide(ctx(f"h{1 + i % 3}", ts=t0 + i)).retry_after_s is None for i in range(3 * budget))
+    assert served == budget  # three accounts, one actor, one budget
+    d = policy.decide(ctx("h2", ts=t0 + 3 * budget))
+    assert any("cluster's shared risk budget" in r for r in d.reasons)
+    # an unlinked account at the same risk has its own budget
+    assert policy.decide(ctx("solo", ts=t0)).retry_after_s is None
+
+
+def test_a_spent_budget_does_not_hold_back_allowed_accounts(policy: RiskPolicy, board: RiskBoard) -> None:
+    board.set_risk("fine", 0.01)
+    t0 = 1_700_000_000.0
+    assert all(policy.decide(ctx("fine", ts=t0)).action == "allow" for _ in range(500))
 
 
 POLICY_V1 = """
@@ -260,7 +371,8 @@ def test_degrade_attaches_a_stronger_watermark_with_the_same_key(board: RiskBoar
     cfg = PolicyConfig()
     cfg.indicators.file = tmp_path / "none.json"
     policy = RiskPolicy(board, cfg, threshold=THR, watermark=service)
-    board.set_risk("a", risk_at(1.2, THR))
+    board.set_risk("a", risk_at(1.6, THR))
+    board.set_review("a", Review("verified"))
 
     class _Local:
         supports_logits_processors = True
@@ -290,3 +402,28 @@ def test_ban_reaches_linked_accounts_but_not_exempt_ones(policy: RiskPolicy, boa
     assert d.action == "verify" and "cluster c3 has a banned account (boss)" in d.reasons
     assert policy.decide(ctx("boss")).action == "block"
     assert policy.decide(ctx("partner")).action == "allow"
+
+
+def test_an_address_of_flagged_accounts_restricts_a_fresh_account_at_once(policy: RiskPolicy, board: RiskBoard) -> None:
+    addr = PolicyConfig().addresses
+    t0 = 1_700_000_000.0
+    proxy = "198.51.100.20"
+    board.set_risk("sib-1", risk_at(1.3, THR), cluster="c5")
+    assert policy.decide(ctx("sib-1", ip=proxy, ts=t0)).action == "verify"  # flagged: its address is noted
+    # a brand-new account from the same address, before the detector has seen it
+    d = policy.decide(ctx("fresh", ip=proxy, ts=t0 + 60))
+    assert d.level == pytest.approx(addr.one_account_level) and d.rule == "watch" and d.budget is not None
+    assert f"address {proxy} was used by 1 flagged account (sib-1): level {addr.one_account_level:.2f}" in d.reasons
+    # a second flagged account behind it: a campaign's proxy
+    board.set_risk("sib-2", 0.0, cluster="c5")  # linked: inherits the cluster's risk
+    policy.decide(ctx("sib-2", ip=proxy, ts=t0 + 120))
+    d = policy.decide(ctx("fresh", ip=proxy, ts=t0 + 180))
+    assert d.action == "verify" and d.level == pytest.approx(addr.several_accounts_level)
+    # other addresses are untouched, and the mark expires
+    assert policy.decide(ctx("fresh", ip="192.0.2.44", ts=t0 + 180)).rule is None
+    assert policy.decide(ctx("fresh", ip=proxy, ts=t0 + 120 + addr.ttl_s + 1)).rule is None
+    # switched off: nothing inherited
+    cfg = policy.compiled.config.model_copy(deep=True)
+    cfg.addresses.enabled = False
+    policy.reload(cfg)
+    assert policy.decide(ctx("fresh", ip=proxy, ts=t0 + 200)).rule is None

@@ -5,10 +5,17 @@ Definitions (also printed in the report):
   * a request is *impacted* when its status is 429 (throttled) or 403 (verify / block), or the
     policy's action for it was not "allow" (throttle, degrade);
   * legitimate impact = impacted benign requests / benign requests (every HTTP exchange logged);
-  * attacker yield = completion tokens of attacker requests answered with status 200;
+  * attacker yield = completion tokens of attacker requests answered with status 200 (a degraded
+    answer counts with the length it was cut to: the policy caps degraded answers at
+    ``degrade.max_tokens``);
   * yield without defences (counterfactual) = every request the attacker planned x the mean
     completion tokens of its requests answered with action "allow" (what an undefended gateway
-    would have returned per request); reduction = counterfactual / yield.
+    would have returned per request); reduction = counterfactual / yield. Per attacker persona
+    the same, with the persona's own mean (the overall mean where it had no allowed answer);
+  * attacker outcomes: each request sent (a retry after a 429 is a request too), by what the
+    gateway did: served as asked, served throttled, served degraded, 429 risk budget, 429 rate
+    limit, 403 verify/block. Planned requests never sent (the account stopped after a 403, gave up
+    after repeated 429s, or the run's time budget ended) are the client's ``traffic.not_sent``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,25 @@ def action_of(ev: dict[str, Any]) -> str:
 
 def impacted(ev: dict[str, Any]) -> bool:
     return ev.get("status", 200) in IMPACT_STATUSES or action_of(ev) != "allow"
+
+
+def _tokens(ev: dict[str, Any]) -> int:
+    return int((ev.get("response") or {}).get("completion_tokens") or 0)
+
+
+def outcome_of(ev: dict[str, Any]) -> str:
+    """What the gateway did with one request, in words (for the attacker outcome table)."""
+    st = ev.get("status", 200)
+    d = ev.get("decision") or {}
+    if st == 200:
+        act = d.get("action") or "allow"
+        return {"allow": "served as asked", "throttle": "served (throttled)",
+                "degrade": "served degraded"}.get(act, f"served ({act})")
+    if st == 429:
+        return "429 risk budget" if d.get("retry_after_s") is not None else "429 rate limit"
+    if st == 403:
+        return f"403 {d.get('action') or 'refused'}"
+    return f"status {st}"
 
 
 def traffic_numbers(events: list[dict[str, Any]], labels: dict[str, dict[str, Any]],
@@ -61,12 +87,15 @@ def traffic_numbers(events: list[dict[str, Any]], labels: dict[str, dict[str, An
 
     served = [ev for ev in attack if ev.get("status", 200) == 200]
     allowed = [ev for ev in served if action_of(ev) == "allow"] or served
-    tokens = sum(int((ev.get("response") or {}).get("completion_tokens") or 0) for ev in served)
-    mean_allowed = (sum(int((ev.get("response") or {}).get("completion_tokens") or 0) for ev in allowed) / len(allowed)
-                    if allowed else 0.0)
+    tokens = sum(_tokens(ev) for ev in served)
+    mean_allowed = sum(_tokens(ev) for ev in allowed) / len(allowed) if allowed else 0.0
     att_planned = sum(n for a, n in planned.items() if labels.get(a, {}).get("label") == 1)
     counterfactual = att_planned * mean_allowed
     by_persona: dict[str, dict[str, Any]] = {}
+    allowed_by_persona: dict[str, list[int]] = defaultdict(list)
+    for ev in served:
+        if action_of(ev) == "allow":
+            allowed_by_persona[labels.get(ev["account"], {}).get("persona")].append(_tokens(ev))
     for name, a in accounts.items():
         if a["label"] != 1:
             continue
@@ -76,6 +105,12 @@ def traffic_numbers(events: list[dict[str, Any]], labels: dict[str, dict[str, An
         p["requests"] += a["requests"]
         p["served"] += a["served"]
         p["tokens"] += a["completion_tokens"]
+    for persona, p in by_persona.items():
+        own = allowed_by_persona.get(persona)
+        p["mean_tokens_allowed"] = sum(own) / len(own) if own else mean_allowed
+        p["tokens_without_defences"] = p["planned"] * p["mean_tokens_allowed"]
+        p["reduction"] = p["tokens_without_defences"] / p["tokens"] if p["tokens"] else None
+    outcomes: Counter[str] = Counter(outcome_of(ev) for ev in attack)
     yield_ = {
         "attacker_requests": len(attack),
         "attacker_served": len(served),
@@ -86,6 +121,7 @@ def traffic_numbers(events: list[dict[str, Any]], labels: dict[str, dict[str, An
         "reduction": (counterfactual / tokens) if tokens else None,
         "by_persona": by_persona,
         "degraded_or_throttled": sum(1 for ev in served if action_of(ev) != "allow"),
+        "outcomes": dict(outcomes),
     }
     return {"accounts": accounts, "legitimate_impact": impact, "attacker_yield": yield_,
             "events": len(events), "statuses": dict(Counter(str(ev.get("status", 200)) for ev in events)),

@@ -373,13 +373,24 @@ def write_report(m: dict[str, Any], topics: dict[str, Any], det: dict[str, Any],
     by_p = y["by_persona"]
     parts += ["<h2>6. Attacker yield and legitimate impact</h2>",
               "<img src='yield_impact.png'>",
-              _table(["attacker persona", "accounts", "planned requests", "sent", "answered (200)", "answer tokens"],
-                     [[p, v["accounts"], v["planned"], v["requests"], v["served"], v["tokens"]] for p, v in by_p.items()]),
-              f"<p class='note'><b>Yield</b> = completion tokens of attacker requests answered 200 ({y['tokens']:,}). "
+              _table(["attacker persona", "accounts", "planned requests", "sent", "answered (200)", "answer tokens",
+                      "without defences", "reduction"],
+                     [[p, v["accounts"], v["planned"], v["requests"], v["served"], v["tokens"],
+                       f"{v.get('tokens_without_defences', 0):,.0f}",
+                       "–" if not v.get("reduction") else f"÷{v['reduction']:.1f}"] for p, v in by_p.items()]),
+              _table(["what the attacker's requests met", "requests"],
+                     [[k, v] for k, v in sorted((y.get("outcomes") or {}).items(), key=lambda kv: -kv[1])]),
+              f"<p class='note'><b>Yield</b> = completion tokens of attacker requests answered 200 ({y['tokens']:,}); a "
+              f"degraded answer counts with the length it was cut to. "
               f"<b>Without defences</b> is a counterfactual: every request the attacker planned ({y['attacker_planned']}) × the "
               f"mean completion tokens of its requests the policy allowed ({y['mean_tokens_allowed']:.1f}) = "
               f"{y['tokens_without_defences']:,.0f}. {y['degraded_or_throttled']} answered attacker requests were throttled or "
-              f"degraded (reasoning withheld, logprobs noised, stronger watermark). "
+              f"degraded (answer length capped, reasoning withheld, logprobs noised, stronger watermark). The default "
+              f"policy tightens before the flag: from risk level 0.6 an account (or its whole linked cluster) has a "
+              f"risk budget of requests per hour and per day (429 with Retry-After beyond it; the client waits on its "
+              f"simulated clock and retries, then gives up); from 0.9 the budget shrinks with the level and answers "
+              f"are degraded; over the flag line (1.0) an unverified account must verify (403: the attacker's "
+              f"account stops). Addresses flagged accounts used raise the level of other accounts at once. "
               f"<b>Legitimate impact</b> = benign requests answered 429/403 or with a policy action other than allow: "
               f"{imp['impacted']} of {imp['benign_requests']} ({100 * imp['share']:.2f}%)"
               f"{' ' + _e(imp['by_kind']) if imp['by_kind'] else ''}; "

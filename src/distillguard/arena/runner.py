@@ -103,7 +103,8 @@ def run_arena(sc: Scenario, out: Path, console: Console | None = None) -> dict[s
     stage("watermark evidence", console)
     wm = _watermark_evidence(server, traffic.collected, events, labels)
 
-    student: dict[str, Any] = {"skipped": "distill.enabled = false"}
+    student: dict[str, Any] = {"skipped": "distill.enabled = false" if not sc.distill.enabled else
+                               "the attacker collected no answers (refused from its first requests)"}
     if sc.distill.enabled and traffic.collected:
         stage("attacker trains a student on what it collected", console)
         from distillguard.arena.attacker import train_and_audit

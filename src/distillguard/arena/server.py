@@ -93,7 +93,13 @@ def write_config(sc: Scenario, out: Path, model_path: Path | None) -> ArenaServe
     key_file = out / "watermark.key"
     key_file.write_text(wm_key + "\n")
     key_file.chmod(0o600)
-    store_url = f"sqlite:///{(out / 'arena.db').resolve()}"
+    # every run starts from an empty store: an earlier run's accounts, risk flags and events in the
+    # same DIR would otherwise leak into this one (flagged accounts refused at their first request,
+    # old events counted in the new metrics)
+    db = (out / "arena.db").resolve()
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    store_url = f"sqlite:///{db}"
     engine: dict[str, Any] = {"kind": "llamacpp" if sc.model == "smollm2" else "hf", "model_name": "smollm2",
                               "n_ctx": 2048, "n_threads": sc.engine_threads}
     if model_path is not None:

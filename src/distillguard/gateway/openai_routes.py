@@ -218,6 +218,7 @@ class Gateway:
             except degrade.LogprobsRefused as exc:
                 raise invalid(str(exc), param="logprobs") from None
             ex.degrade_seed = degrade.noise_seed(principal.account.name, body)
+            max_tokens = degrade.cap_max_tokens(plan, max_tokens)
         elif decision.strips_logprobs():
             want_logprobs, top_logprobs = False, 0
         temperature = 1.0 if req.temperature is None else req.temperature
@@ -318,6 +319,12 @@ class Gateway:
         if decision.action == "verify":
             ex.decision = decision
             raise APIError(403, decision.message or VERIFY_MESSAGE, code="verification_required")
+        retry = getattr(decision, "retry_after_s", None)
+        if retry is not None:  # a risk policy's budget is spent (throttle): 429, the client may retry later
+            ex.decision = decision
+            self.metrics.limit_rejections.labels("risk_budget").inc()
+            raise rate_limited(decision.message or "Rate limit reached for this account; retry later.", retry,
+                               code="risk_budget_exceeded")
         return decision
 
     # ---- non-streaming -----------------------------------------------------------------------

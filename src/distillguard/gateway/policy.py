@@ -3,8 +3,10 @@
 ``app.state.policy`` is any object with ``decide(ctx: PolicyContext) -> Decision`` (a coroutine
 function works too). The gateway acts on the decision:
 
-* ``allow``    serve normally;
-* ``throttle`` serve, with every rate limit multiplied by ``limit_scale`` (e.g. 0.25);
+* ``allow``    serve normally (a risk policy may still have tightened the limits: ``limit_scale``);
+* ``throttle`` serve, with every rate limit multiplied by ``limit_scale`` (e.g. 0.25); when the
+               policy also sets ``retry_after_s`` (the account's risk budget is spent) answer
+               429 with that Retry-After instead;
 * ``degrade``  serve, without logprobs, limits times ``limit_scale``;
 * ``verify``   403 telling the customer how to verify the account;
 * ``block``    403.
@@ -56,8 +58,12 @@ class Decision:
     #: serve without logprobs (always so for "degrade" until the degrade plans of the policy
     #: area are wired into the routes: never hand out un-degraded logprobs by accident)
     strip_logprobs: bool = False
-    #: shown to the client on "verify" / "block"
+    #: shown to the client on "verify" / "block" (and on a 429 for a spent risk budget)
     message: str | None = None
+    #: throttle/degrade only: the policy's own budget for this account is spent; answer 429 with
+    #: this Retry-After (seconds) instead of serving (the per-minute limits cannot see it: they
+    #: reset every minute, while a risk budget spans an hour or more)
+    retry_after_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:

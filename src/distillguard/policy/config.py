@@ -8,8 +8,11 @@ Risk is read on the detector's own scale through a *level* anchored on its calib
                 = 1 + (risk - thr) / (1 - thr)        for risk >= thr   (1 .. 2: flagged .. certain)
 
 Level 1.0 is exactly "flagged at the calibrated false-positive rate" (0.1% of benign accounts by
-default); nothing below it degrades, verifies or blocks by default, so a legitimate customer is
-restricted only as often as the detector's calibrated false-positive rate allows.
+default): by default an unverified account over it must verify. Below it (see ``default_rules``)
+a watched account (level 0.6 and up) has a risk budget of requests an hour and a day, shared by
+its linked cluster; nothing below the line changes an answer, and nothing refuses one unless the
+account sends more requests than its budget. Over the line, the budget of a verified account
+shrinks smoothly with the level (the throttle curve) and its answers are degraded from 1.5.
 
 Rules are tried in order; the first whose conditions all hold gives the action (a firewall-style
 list an operator can read top to bottom). The file is hot-reloaded (``policy.reload``).
@@ -31,12 +34,31 @@ class ThrottleCurve(BaseModel):
 
     Smooth and monotone: 1.0 at ``start``, falling slowly at first (power > 1 spares the many
     accounts just above ``start``) and reaching ``floor`` at ``full``; every rate limit of the
-    tier (RPM and TPM, key and account) is multiplied by it."""
+    tier (RPM and TPM, key and account) is multiplied by it.
 
-    start: float = 0.9
-    full: float = 1.6
-    power: float = 2.0
-    floor: float = 0.05
+    The per-minute limits alone do not slow a distiller: a campaign runs at a steady 15-110
+    requests an hour, far under any per-minute limit however scaled. So an account a throttling
+    rule applies to (or its whole cluster: linked accounts share one budget) also gets a *risk
+    budget*: ``max(1, budget_requests * limit_scale)`` requests per ``budget_window_s`` and
+    ``max(1, daily_budget_requests * limit_scale)`` per day, in arrival time (the simulated clock
+    in the arena); beyond it the gateway answers 429 with a Retry-After until enough counted
+    requests leave the window. Below ``start`` the budget is whole (limit_scale 1); an account
+    near ``full`` gets a handful of requests an hour."""
+
+    start: float = 1.0
+    full: float = 1.5
+    power: float = 1.0
+    floor: float = 0.1
+    #: requests per window for a watched account (a throttling rule matched), at or below the
+    #: curve's start; times limit_scale above it (None: no risk budget, per-minute limits only)
+    budget_requests: int | None = 30
+    budget_window_s: float = 3600.0
+    #: requests per day, likewise (None: none). The day is what tells a campaign from a busy
+    #: customer: campaigns run around the clock (15-110 requests an hour is 360-2,600 a day) while
+    #: a busy app's day has a night in it (a RAG app: 60-150 a day). Chosen on the benign-only
+    #: tune split (bench/policy_simulation.py --split tune): the smallest daily budget that refused
+    #: no tune-split request (160), times 1.25
+    daily_budget_requests: int | None = 200
 
     @model_validator(mode="after")
     def _check(self) -> ThrottleCurve:
@@ -46,6 +68,12 @@ class ThrottleCurve(BaseModel):
             raise ValueError(f"throttle.floor must be in (0, 1], got {self.floor}")
         if not self.power > 0:
             raise ValueError(f"throttle.power must be positive, got {self.power}")
+        for name in ("budget_requests", "daily_budget_requests"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"throttle.{name} must be at least 1, got {v}")
+        if not self.budget_window_s > 0:
+            raise ValueError(f"throttle.budget_window_s must be positive, got {self.budget_window_s}")
         return self
 
     def scale(self, level: float) -> float:
@@ -53,6 +81,19 @@ class ThrottleCurve(BaseModel):
             return 1.0
         x = min(1.0, (level - self.start) / (self.full - self.start))
         return max(self.floor, 1.0 - x**self.power)
+
+    def budget(self, level: float) -> int | None:
+        """Requests per ``budget_window_s`` for an account a throttling rule applies to, at
+        ``level`` (None: no hourly budget configured). Full below ``start``, shrinking above."""
+        if self.budget_requests is None:
+            return None
+        return max(1, int(self.budget_requests * self.scale(level)))
+
+    def daily_budget(self, level: float) -> int | None:
+        """Requests per day, likewise (None: no daily budget configured)."""
+        if self.daily_budget_requests is None:
+            return None
+        return max(1, int(self.daily_budget_requests * self.scale(level)))
 
 
 class DegradeConfig(BaseModel):
@@ -73,6 +114,10 @@ class DegradeConfig(BaseModel):
     noise_keep_top1: float = 0.9
     #: completions per request (`n`): larger requests are served with this many
     max_n: int = 1
+    #: cap on the answer's length (max_tokens) for a degraded request: the one degradation that
+    #: cuts a distiller's useful tokens on every model (reasoning is withheld only where the model
+    #: marks it); None = the tier's cap
+    max_tokens: int | None = 128
     #: attach a stronger watermark (same key and gamma, larger delta) so the teacher's mark
     #: survives distillation on fewer tokens; needs watermark keys configured
     strong_watermark: bool = True
@@ -82,6 +127,8 @@ class DegradeConfig(BaseModel):
     def _check(self) -> DegradeConfig:
         if self.max_top_logprobs < 0 or self.max_n < 1:
             raise ValueError("degrade.max_top_logprobs must be >= 0 and degrade.max_n >= 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"degrade.max_tokens must be at least 1, got {self.max_tokens}")
         if self.noise_sigma < 0 or self.noise_bound_sigmas <= 0 or not 0 <= self.noise_keep_top1 <= 1:
             raise ValueError("degrade noise: sigma >= 0, bound_sigmas > 0, keep_top1 in [0, 1]")
         return self
@@ -93,9 +140,41 @@ class IndicatorConfig(BaseModel):
     #: JSON file the importer writes and the policy reads (re-read when it changes)
     file: Path = Path("distillguard-indicators.json")
     #: the level a request is raised to when it matches an indicator of each kind
-    ip_level: float = 1.0
-    user_agent_level: float = 0.95
-    template_level: float = 1.0
+    #: an address of a flagged cluster: degraded (shared NATs make an IP weak evidence alone)
+    ip_level: float = 0.95
+    #: a user agent alone: watched (throttled with a budget)
+    user_agent_level: float = 0.7
+    #: a prompt-template fingerprint of a flagged campaign: degraded (imported from another
+    #: organisation's verdicts: restricted at once, but not refused on their word alone)
+    template_level: float = 0.95
+
+
+class AddressConfig(BaseModel):
+    """Local network inheritance: the addresses a flagged account sends from act as indicators at
+    once, for every other account (the same network indicators ``intel export`` would publish for
+    the cluster, applied here without waiting for an export or for the detector to link the new
+    account). A hydra rotates fresh accounts through one proxy pool; its next account usually
+    arrives from an address a flagged sibling already used.
+
+    One flagged account behind an address is weak evidence (a shared NAT), so it only raises the
+    level to ``one_account_level`` (watch: a risk budget); an address used by
+    ``several_accounts`` or more distinct flagged accounts is a proxy of a campaign and raises it
+    to ``several_accounts_level`` (default: the flag line, verify)."""
+
+    enabled: bool = True
+    #: how long an address stays marked after the flagged account's last request from it
+    ttl_s: float = 7 * 86400.0
+    one_account_level: float = 0.8
+    several_accounts: int = 2
+    several_accounts_level: float = 1.0
+    #: most addresses remembered (oldest dropped first)
+    max_addresses: int = 200_000
+
+    @model_validator(mode="after")
+    def _check(self) -> AddressConfig:
+        if self.ttl_s <= 0 or self.several_accounts < 2 or self.max_addresses < 1:
+            raise ValueError("addresses: ttl_s > 0, several_accounts >= 2, max_addresses >= 1")
+        return self
 
 
 class Rule(BaseModel):
@@ -116,24 +195,46 @@ class Rule(BaseModel):
     message: str | None = None
 
 
+VERIFY_TEXT = ("This account's usage matches automated model extraction. To continue, verify your organisation "
+               "with the API owner (reply to your account email or contact support with your account name); "
+               "verified accounts get the 'verified' tier and are reviewed by a person.")
+
+
 def default_rules() -> list[Rule]:
-    """Review state first (a human decided), then risk. Verified customers are never sent to
-    verification or blocked automatically; unverified accounts flagged with high confidence must
-    verify; flagged accounts are degraded; accounts near the line are throttled smoothly."""
+    """Review state first (a human decided), then risk, tightening as the level rises:
+
+    * ``watch`` (level >= 0.6): a risk budget of ``throttle.budget_requests`` (30) requests an
+      hour and ``daily_budget_requests`` (200) a day, for the account or its whole linked cluster;
+      beyond it 429 with Retry-After. Requests within it are served as asked (their decision is
+      ``allow``, rule ``watch``). A campaign runs around the clock at 15-110 requests an hour
+      (360-2,600 a day); people and apps stay under the budget.
+    * ``flagged`` (level >= 1.0, the calibrated 0.1%-FPR line), unverified: must verify (403
+      saying how). The attacker's account is stopped, not slowed.
+    * ``indicator``: a request matching an imported threat indicator of an address or a prompt
+      template (level 0.95) is degraded (answers capped at ``degrade.max_tokens``, reasoning
+      withheld, logprobs capped and noised, stronger watermark); a user agent alone (0.7) only puts
+      the account under watch; two kinds at once (+0.1) mean verify.
+    * verified customers are never sent to verification or blocked automatically: over the flag
+      line their budget shrinks with the level (the throttle curve, from 1.0), from 1.5 they are
+      degraded too.
+
+    Chosen on the benign-only tune split (``bench/policy_simulation.py --split tune``), never on
+    the held-out report split: the busiest benign account there (a RAG app, 17% of the split's
+    requests, ~130 a day, up to 21 an hour) spends most of its life at level 0.9-1.0, just under the
+    calibrated line, so nothing below the line may shorten answers or shrink budgets without
+    hurting the customers most like it. The daily budget is the smallest that refused no
+    tune-split request (160), times 1.25.
+    """
     return [
         Rule(name="banned", review=["banned"], action="block",
              message="This account has been suspended after a review of its usage. Contact the API owner to appeal."),
         Rule(name="exempt", review=["exempt"], action="allow"),
         Rule(name="verified-flagged", review=["verified"], min_level=1.5, action="degrade"),
-        Rule(name="verified", review=["verified"], min_level=0.9, action="throttle"),
+        Rule(name="verified", review=["verified"], min_level=1.0, action="throttle"),
         Rule(name="verified-ok", review=["verified"], action="allow"),
-        Rule(name="high-confidence", min_level=1.6, action="verify",
-             message=("This account's usage matches automated model extraction. To continue, verify your "
-                      "organisation with the API owner (reply to your account email or contact support with "
-                      "your account name); verified accounts get the 'verified' tier and are reviewed by a person.")),
-        Rule(name="trial-flagged", tiers=["trial"], min_level=1.0, action="verify"),
-        Rule(name="flagged", min_level=1.0, action="degrade"),
-        Rule(name="elevated", min_level=0.9, action="throttle"),
+        Rule(name="flagged", min_level=1.0, action="verify", message=VERIFY_TEXT),
+        Rule(name="indicator", indicator=True, min_level=0.9, action="degrade"),
+        Rule(name="watch", min_level=0.6, action="throttle"),
     ]
 
 
@@ -152,6 +253,7 @@ class PolicyConfig(BaseModel):
     throttle: ThrottleCurve = Field(default_factory=ThrottleCurve)
     degrade: DegradeConfig = Field(default_factory=DegradeConfig)
     indicators: IndicatorConfig = Field(default_factory=IndicatorConfig)
+    addresses: AddressConfig = Field(default_factory=AddressConfig)
     #: seconds between reads of the store's account flags (review state set by the CLI in another
     #: process); never read on the request path
     board_refresh_s: float = 2.0
@@ -188,14 +290,17 @@ def risk_at(lvl: float, threshold: float) -> float:
 #: (the running policy stays and /admin/policy/status shows the error).
 EXAMPLE_TOML = """
 [policy]
-# threshold = 0.93            # default: the detector's calibrated threshold
+# threshold = 0.87            # default: the detector's calibrated threshold
 default_action = "allow"
 
 [policy.throttle]              # limit_scale = max(floor, 1 - ((level - start) / (full - start)) ** power)
-start = 0.9
-full = 1.6
-power = 2.0
-floor = 0.05
+start = 1.0
+full = 1.5
+power = 1.0
+floor = 0.1
+budget_requests = 30           # risk budget of a watched account: requests per window (x limit_scale above `start`)
+budget_window_s = 3600.0
+daily_budget_requests = 200    # and per day (campaigns run around the clock)
 
 [policy.degrade]
 reasoning = "withhold"         # keep | withhold | summarise
@@ -203,14 +308,23 @@ logprobs = "noise"             # keep | cap | noise | drop | refuse
 max_top_logprobs = 2
 noise_sigma = 0.7
 max_n = 1
+max_tokens = 128               # answers of a degraded account are at most this long
 strong_watermark = true
 strong_watermark_delta = 4.0
 
+[policy.addresses]             # addresses of flagged accounts raise the level of other accounts at once
+enabled = true
+ttl_s = 604800.0
+one_account_level = 0.8        # one flagged account behind it (could be a shared NAT): watch
+several_accounts = 2
+several_accounts_level = 1.0   # two or more: a campaign's proxy, must verify
+max_addresses = 200000
+
 [policy.indicators]
 file = "distillguard-indicators.json"   # written by `distillguard intel import`
-ip_level = 1.0
-user_agent_level = 0.95
-template_level = 1.0
+ip_level = 0.95
+user_agent_level = 0.7
+template_level = 0.95
 
 # first match wins
 [[policy.rules]]
@@ -232,7 +346,7 @@ action = "degrade"
 [[policy.rules]]
 name = "verified"
 review = ["verified"]
-min_level = 0.9
+min_level = 1.0
 action = "throttle"
 
 [[policy.rules]]
@@ -241,23 +355,18 @@ review = ["verified"]
 action = "allow"
 
 [[policy.rules]]
-name = "high-confidence"
-min_level = 1.6
-action = "verify"
-
-[[policy.rules]]
-name = "trial-flagged"
-tiers = ["trial"]
-min_level = 1.0
-action = "verify"
-
-[[policy.rules]]
 name = "flagged"
 min_level = 1.0
+action = "verify"
+
+[[policy.rules]]
+name = "indicator"
+indicator = true
+min_level = 0.9
 action = "degrade"
 
 [[policy.rules]]
-name = "elevated"
-min_level = 0.9
+name = "watch"
+min_level = 0.6
 action = "throttle"
 """

@@ -1,7 +1,11 @@
 """What a "degrade" decision does to a request and its response: pure functions the gateway calls.
 
 Request side (before the engine runs): ``cap_request`` caps ``top_logprobs`` and ``n`` (or refuses
-logprobs with a clear message).
+logprobs with a clear message); ``cap_max_tokens`` caps the answer's length. The length cap is what
+cuts a distiller's yield on any model: withholding reasoning only helps where the model puts it in
+``<think>`` tags or a ``reasoning_content`` field (SmolLM2 does neither), while every answer of a
+degraded account is at most ``max_tokens`` long (a person gets a short answer; a distiller gets
+truncated training targets).
 
 Response side: ``apply_to_response`` for a non-streaming OpenAI payload (chat or completions);
 ``StreamDegrader`` for streamed chunks, with a small state machine per choice that removes
@@ -56,11 +60,13 @@ class DegradePlan:
     noise_bound_sigmas: float = 2.5
     noise_keep_top1: float = 0.9
     max_n: int = 1
+    #: cap on the answer's length (max_tokens / max_completion_tokens); None = the tier's cap
+    max_tokens: int | None = None
 
     @classmethod
     def from_config(cls, c: DegradeConfig) -> DegradePlan:
         return cls(c.reasoning, c.summary_words, c.logprobs, c.max_top_logprobs, c.noise_sigma,
-                   c.noise_bound_sigmas, c.noise_keep_top1, c.max_n)
+                   c.noise_bound_sigmas, c.noise_keep_top1, c.max_n, c.max_tokens)
 
     @property
     def noise_bound(self) -> float:
@@ -75,6 +81,8 @@ class DegradePlan:
         elif self.logprobs != "keep":
             parts.append(f"logprobs {self.logprobs}")
         parts.append(f"n<= {self.max_n}")
+        if self.max_tokens is not None:
+            parts.append(f"max_tokens<= {self.max_tokens}")
         return ", ".join(parts)
 
 
@@ -90,6 +98,12 @@ def cap_request(plan: DegradePlan, want_logprobs: bool, top_logprobs: int, n: in
     if plan.logprobs == "drop":
         return False, 0, n
     return True, min(top_logprobs, plan.max_top_logprobs), n
+
+
+def cap_max_tokens(plan: DegradePlan, max_tokens: int) -> int:
+    """The answer length to run the engine with: the request's (or the tier's) cap, at most the
+    plan's ``max_tokens``."""
+    return max_tokens if plan.max_tokens is None else max(1, min(max_tokens, plan.max_tokens))
 
 
 def noise_seed(account: str, request: dict[str, Any]) -> int:

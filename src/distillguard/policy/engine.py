@@ -6,7 +6,9 @@ Per request, top to bottom (dict lookups and arithmetic only; no I/O, no locks):
     effective risk = max(own, cluster)          ← RiskBoard (detection worker)
     level = risk on the threshold-anchored scale (config.level)
     imported indicators (IP, user agent, template fingerprint) raise the level
-    first matching rule → action; throttle curve → limit_scale; degrade plan; stronger watermark
+    an address that flagged accounts sent from raises the level of other accounts (AddressConfig)
+    first matching rule → action; throttle curve → limit_scale; risk budget (429 when spent,
+        shared by a linked cluster); degrade plan (length cap, reasoning, logprobs); stronger watermark
     reasons, and the decision kept for `explain`
 
 The compiled policy (rules, curve, plan, indicators) is one immutable object swapped atomically by
@@ -16,6 +18,7 @@ The compiled policy (rules, curve, plan, indicators) is one immutable object swa
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import tomllib
@@ -50,14 +53,27 @@ class RiskDecision(Decision):
     degrade: DegradePlan | None = None
     rule: str | None = None
     level: float = 0.0
+    #: the risk budget that applied (requests per window) and how much of it was already used
+    budget: int | None = None
+    budget_used: int | None = None
+    budget_day: int | None = None
+    budget_day_used: int | None = None
 
     def for_event(self) -> EventDecision:
-        """action and reasons (the spec's fields) plus the rule, level and rate-limit scale
-        (extra fields: readers ignore what they do not know)."""
+        """action and reasons (the spec's fields) plus the rule, level, rate-limit scale and risk
+        budget (extra fields: readers ignore what they do not know)."""
         if self.rule is None and not self.reasons:
             return EventDecision(action=self.action, reasons=[])
+        extra: dict[str, Any] = {}
+        if self.budget is not None or self.budget_day is not None:
+            extra = {"budget": self.budget, "budget_used": self.budget_used, "budget_day": self.budget_day,
+                     "budget_day_used": self.budget_day_used}
+            if self.retry_after_s is not None:
+                extra["retry_after_s"] = round(self.retry_after_s, 1)
+        if self.degrade is not None and self.degrade.max_tokens is not None:
+            extra["max_tokens"] = self.degrade.max_tokens
         return EventDecision(action=self.action, reasons=list(self.reasons), rule=self.rule,
-                             level=round(self.level, 4), limit_scale=round(self.limit_scale, 4))
+                             level=round(self.level, 4), limit_scale=round(self.limit_scale, 4), **extra)
 
 
 @dataclass(frozen=True)
@@ -181,11 +197,18 @@ class RiskPolicy:
         if len(cp.indicators):
             matches = cp.indicators.match(ctx.ip, ctx.user_agent, _last_user_text(ctx.request))
         banned_peer = board.banned_in_cluster(eff.cluster) if review.state != "banned" else None
-        if review.state == "none" and not matches and lvl < cp.quiet_below and banned_peer is None:
+        addr = cp.config.addresses
+        hot: list[str] = []
+        if addr.enabled and ctx.ip is not None:
+            if lvl >= 1.0:  # flagged on its own or through its cluster: its address is marked
+                board.note_flagged_address(ctx.ip, account, ctx.ts, addr.max_addresses)
+            else:
+                hot = board.flagged_at_address(ctx.ip, account, ctx.ts, addr.ttl_s)
+        if review.state == "none" and not matches and not hot and lvl < cp.quiet_below and banned_peer is None:
             d = RiskDecision(action=cp.config.default_action, level=lvl)
             if d.action != "allow":
                 d.reasons.append(f"default action {d.action} (no rule matched)")
-                self._finish(cp, d, ctx, lvl)
+                self._finish(cp, d, ctx, lvl, _budget_key(account, eff))
             board.record_decision(account, _record(ctx, d, eff, review.state, matches))
             self.counts[(d.action, None)] += 1
             return d
@@ -194,8 +217,11 @@ class RiskPolicy:
         if matches:
             kinds = {m.kind for m in matches}
             ind_level = max(cp.indicator_levels[k] for k in kinds) + (MULTI_INDICATOR_BONUS if len(kinds) > 1 else 0.0)
+        hot_level = 0.0
+        if hot:
+            hot_level = addr.several_accounts_level if len(hot) >= addr.several_accounts else addr.one_account_level
         # a person banned a linked account: the rest of its cluster is treated as near-certain
-        eff_level = max(lvl, ind_level, BANNED_PEER_LEVEL if banned_peer is not None else 0.0)
+        eff_level = max(lvl, ind_level, hot_level, BANNED_PEER_LEVEL if banned_peer is not None else 0.0)
         rule = next((r for r in cp.rules if r.matches(ctx.tier, review.state, eff_level, eff.cluster_flagged,
                                                         bool(matches))), None)
         action = rule.action if rule else cp.config.default_action
@@ -216,27 +242,58 @@ class RiskPolicy:
             r.append(f"cluster {eff.cluster} has a banned account ({banned_peer})")
         for m in matches:
             r.append(f"matches indicator {m.indicator_id} ({m.kind.replace('_', ' ')})")
+        if hot:
+            shown = ", ".join(hot[:3]) + (f" and {len(hot) - 3} more" if len(hot) > 3 else "")
+            r.append(f"address {ctx.ip} was used by {len(hot)} flagged account{'s' if len(hot) > 1 else ''} "
+                     f"({shown}): level {hot_level:.2f}")
         if rule is not None:
             r.append(f"rule {rule.name!r} -> {action} (level {eff_level:.2f})")
         if action in ("verify", "block"):
             d.message = (rule.message if rule and rule.message else
                          VERIFY_MESSAGE if action == "verify" else BLOCK_MESSAGE)
-        self._finish(cp, d, ctx, eff_level)
+        self._finish(cp, d, ctx, eff_level, _budget_key(account, eff))
         board.record_decision(account, _record(ctx, d, eff, review.state, matches))
         self.counts[(d.action, d.rule)] += 1
         return d
 
-    def _finish(self, cp: CompiledPolicy, d: RiskDecision, ctx: PolicyContext, lvl: float) -> None:
-        """Attach limit scale, degrade plan and watermark for throttle / degrade."""
+    def _finish(self, cp: CompiledPolicy, d: RiskDecision, ctx: PolicyContext, lvl: float, budget_key: str) -> None:
+        """Attach limit scale, risk budget, degrade plan and watermark for throttle / degrade."""
         if d.action in ("throttle", "degrade"):
-            scale = cp.config.throttle.scale(lvl)
+            curve = cp.config.throttle
+            scale = curve.scale(lvl)
             if scale < 1.0:
                 d.limit_scale = scale
                 d.reasons.append(f"rate limits x{scale:.2f}")
-            elif d.action == "throttle":
-                d.action = "allow"  # below the curve's start: nothing to tighten
+            limits = [(w, n) for w, n in ((curve.budget_window_s, curve.budget(lvl)),
+                                          (86400.0, curve.daily_budget(lvl))) if n is not None]
+            if not limits and scale >= 1.0 and d.action == "throttle":
+                d.action = "allow"  # nothing to tighten at this level
                 d.reasons.append("throttle curve not reached: allowed")
                 return
+            if limits:
+                used, retry = self.board.take_budget(budget_key, ctx.ts, limits)
+                for (w, n), u in zip(limits, used, strict=True):
+                    if w == 86400.0:
+                        d.budget_day, d.budget_day_used = n, u
+                    else:
+                        d.budget, d.budget_used = n, u
+                who = "its cluster's shared" if budget_key.startswith("cluster:") else "the account's"
+                text = ", ".join(f"{n} requests {_window_words(w)} ({u} used)" for (w, n), u in zip(limits, used, strict=True))
+                if retry is not None:
+                    d.retry_after_s = retry
+                    spent = " and ".join(f"{n} requests {_window_words(w)}" for (w, n), u in zip(limits, used, strict=True)
+                                         if u >= n)
+                    d.message = (f"Rate limit reached for this account: at most {spent} at the moment. "
+                                 f"Retry after {math.ceil(retry)} s.")
+                    d.reasons.append(f"{who} risk budget is spent ({text}): 429, retry after {retry:.0f} s")
+                    return
+                d.reasons.append(f"{who} risk budget: {text} before this one")
+                if d.action == "throttle":
+                    # served exactly as asked, within the account's tightened limits: the request's
+                    # action is "allow" (the rule, level, scale and budget say it is watched); it is
+                    # "throttle" only when a limit refuses it (429)
+                    d.action = "allow"
+                    d.reasons.append("within its risk budget: served")
         if d.action == "degrade":
             plan = cp.plan
             d.degrade = plan
@@ -341,6 +398,20 @@ class PolicyReloader(threading.Thread):
 
 
 # ---------------------------------------------------------------------- helpers
+def _budget_key(account: str, eff: Any) -> str:
+    """Linked accounts are one actor: they share one risk budget (a hydra cannot multiply its
+    budget by opening accounts once the detector links them)."""
+    return f"cluster:{eff.cluster}" if eff.cluster is not None else account
+
+
+def _window_words(window_s: float) -> str:
+    if window_s == 3600:
+        return "per hour"
+    if window_s == 86400:
+        return "per day"
+    return f"per {window_s:g} s"
+
+
 def _risk_reason(risk: float, thr: float, evidence: tuple[dict[str, Any], ...]) -> str:
     sigs = ", ".join(e.get("signal", "?") for e in evidence[:3] if isinstance(e, dict))
     op = "≥" if risk >= thr else "<"
@@ -356,5 +427,7 @@ def _last_user_text(request: dict[str, Any]) -> str:
 def _record(ctx: PolicyContext, d: RiskDecision, eff: Any, review: str, matches: list[Match]) -> dict[str, Any]:
     return {"ts": ctx.ts, "action": d.action, "reasons": d.reasons, "rule": d.rule, "level": round(d.level, 4),
             "risk": round(eff.own.risk, 6), "effective_risk": round(eff.risk, 6), "cluster": eff.cluster,
-            "limit_scale": d.limit_scale, "review": review, "indicators": [m.indicator_id for m in matches],
+            "limit_scale": d.limit_scale, "budget": d.budget, "budget_used": d.budget_used,
+            "budget_day": d.budget_day, "budget_day_used": d.budget_day_used,
+            "retry_after_s": d.retry_after_s, "review": review, "indicators": [m.indicator_id for m in matches],
             "endpoint": ctx.endpoint, "tier": ctx.tier}

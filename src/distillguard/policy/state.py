@@ -19,10 +19,11 @@ puts into a flagged cluster is restricted from its next request, before it has a
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,12 @@ class RiskBoard:
         self._refresher: _Refresher | None = None
         self.last_refresh: float | None = None
         self.refresh_errors = 0
+        #: budget key (account, or "cluster:<id>") -> arrival times of requests counted against
+        #: its risk budget; only throttled accounts have one, so it stays small
+        self._usage: OrderedDict[str, deque[float]] = OrderedDict()
+        self._usage_cap = explain_accounts
+        #: address -> {flagged account: last arrival time from it}
+        self._hot: OrderedDict[str, dict[str, float]] = OrderedDict()
 
     # ------------------------------------------------------------------ reads (request path)
     def review(self, account: str) -> Review:
@@ -270,6 +277,69 @@ class RiskBoard:
         if self._refresher is not None:
             self._refresher.stop()
             self._refresher = None
+
+    # ------------------------------------------------------------------ risk budget (request path)
+    def take_budget(self, key: str, ts: float, limits: list[tuple[float, int]]) -> tuple[list[int], float | None]:
+        """Count one request at arrival time ``ts`` against ``key``'s budgets, ``limits`` =
+        [(window_s, requests allowed in it), ...]. Returns (requests already counted in each
+        window, None) when the request fits every budget, or (those counts, seconds until it
+        would fit them all) when it does not (then nothing is counted: a refused request does not
+        use the budget).
+
+        Called from the policy on the request path: one deque per key and window, amortised O(1).
+        Arrival times are the gateway's (the simulated clock in the arena), so the windows are in
+        the same time as detection sees."""
+        queues = []
+        for window_s, _ in limits:
+            qk = f"{key}|{window_s:g}"
+            q = self._usage.get(qk)
+            if q is None:
+                q = self._usage[qk] = deque()
+                if len(self._usage) > self._usage_cap:
+                    try:
+                        self._usage.popitem(last=False)
+                    except KeyError:
+                        pass
+            cutoff = ts - window_s
+            while q and q[0] <= cutoff:
+                q.popleft()
+            queues.append(q)
+        used = [len(q) for q in queues]
+        wait = 0.0
+        for q, (window_s, budget), n in zip(queues, limits, used, strict=True):
+            if n >= budget:
+                # the window must lose (n - budget + 1) requests before one more fits
+                leave = heapq.nsmallest(n - budget + 1, q)[-1]
+                wait = max(wait, leave + window_s - ts, 1.0)
+        if wait > 0:
+            return used, wait
+        for q in queues:
+            q.append(ts)
+        return used, None
+
+    # ------------------------------------------------------------------ flagged addresses (request path)
+    def note_flagged_address(self, ip: str, account: str, ts: float, cap: int) -> None:
+        """``account`` (flagged) sent a request from ``ip`` at ``ts``."""
+        seen = self._hot.get(ip)
+        if seen is None:
+            self._hot[ip] = {account: ts}
+            if len(self._hot) > cap:
+                try:
+                    self._hot.popitem(last=False)
+                except KeyError:
+                    pass
+            return
+        if seen.get(account, -1.0) < ts:
+            self._hot[ip] = {**seen, account: ts}  # replace, never mutate: readers see a whole dict
+
+    def flagged_at_address(self, ip: str | None, account: str, ts: float, ttl_s: float) -> list[str]:
+        """Other flagged accounts that sent from ``ip`` within ``ttl_s`` before ``ts``."""
+        if ip is None:
+            return []
+        seen = self._hot.get(ip)
+        if not seen:
+            return []
+        return sorted(a for a, t in seen.items() if a != account and t > ts - ttl_s)
 
     # ------------------------------------------------------------------ explain
     def record_decision(self, account: str, record: dict[str, Any]) -> None:
