@@ -117,6 +117,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench/results/detect_benchmark.json"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-fpr", type=float, default=0.001)
+    ap.add_argument("--embed-threads", type=int, default=None,
+                    help="torch threads for MiniLM (default: the product's detect.embed_threads, 1); offline replay "
+                         "may give the embedder every core, as the replay CLI does")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,7 @@ def main() -> None:
             return None
         from distillguard.detect.embed import MiniLMEmbedder
         return MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size,
-                              threads=cfg.embed_threads)
+                              threads=args.embed_threads or cfg.embed_threads)
 
     cfg = DetectConfig()
     mix = Mix().scaled(args.scale)
@@ -214,7 +217,8 @@ def main() -> None:
                     "note": "throughput depends on what else runs: see the load averages"},
         "setup": {"scale": args.scale, "seed": args.seed, "target_fpr": args.target_fpr,
                   "embeddings": None if args.no_embeddings else "minilm-l6 (max_seq_length "
-                  f"{cfg.embed_max_seq_length}, first {cfg.embed_full_first} prompts/account then 1 in {cfg.embed_every})",
+                  f"{cfg.embed_max_seq_length}, first {cfg.embed_full_first} prompts/account then 1 in {cfg.embed_every}, "
+                  f"{args.embed_threads or cfg.embed_threads} torch thread(s))",
                   "tune_benign_accounts": len(tune.personas), "report_events": n_events,
                   "calibration": {k: cal[k] for k in ("threshold", "accounts_scored", "allowed_false_positives",
                                                        "achieved_fpr", "resolution", "score_quantiles")}},

@@ -5,6 +5,7 @@ Heavy imports (sentence-transformers, sklearn) happen inside the commands so `--
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -29,8 +30,10 @@ def _embedder(enabled: bool):
     from distillguard.models import ModelNotInstalled
 
     try:
+        # offline commands have no serving path to protect: the embedder may use every core
+        # (detect.embed_threads, one thread, is for the live worker inside `serve`)
         return MiniLMEmbedder(max_seq_length=cfg.embed_max_seq_length, batch_size=cfg.embed_batch_size,
-                              threads=cfg.embed_threads, dtype=cfg.embed_dtype)
+                              threads=max(cfg.embed_threads, os.cpu_count() or 1), dtype=cfg.embed_dtype)
     except ModelNotInstalled as exc:
         raise _fail(f"{exc} (or pass --no-embeddings to run without topic signals)") from exc
 
