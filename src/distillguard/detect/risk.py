@@ -57,11 +57,6 @@ def extraction_parts(vals: dict[str, float]) -> tuple[float, float, float]:
     return intent, coverage, sustain
 
 
-def extraction(vals: dict[str, float]) -> float:
-    intent, coverage, sustain = extraction_parts(vals)
-    return intent * coverage * sustain
-
-
 def combine(signals: list[Signal], weights: RiskWeights, n: float, n0: float,
             detail: bool = True) -> tuple[float, list[Signal]]:
     """Risk and the signals ordered strongest-contribution first. The extraction term is reported
