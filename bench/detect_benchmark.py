@@ -39,6 +39,18 @@ from distillguard.detect.traffic import Mix, build_traffic, load_corpora, write_
 from distillguard.events import ExchangeEvent, read_events  # noqa: E402
 
 
+def cpu_model() -> str:
+    """The CPU's model name and the matrix extensions that decide MiniLM's speed (bf16/AMX)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    ext = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(ext) or 'no avx512'})"
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -120,6 +132,12 @@ def main() -> None:
     ap.add_argument("--embed-threads", type=int, default=None,
                     help="torch threads for MiniLM (default: the product's detect.embed_threads, 1); offline replay "
                          "may give the embedder every core, as the replay CLI does")
+    ap.add_argument("--eval-split", choices=["report", "tune"], default="report",
+                    help="'tune' evaluates on attack traffic built from the tune split (a development readout for "
+                         "choosing settings; the report split stays unseen)")
+    ap.add_argument("--embed-full-first", type=int, default=None, help="override detect.embed_full_first")
+    ap.add_argument("--embed-every", type=int, default=None, help="override detect.embed_every")
+    ap.add_argument("--embed-max-seq-length", type=int, default=None, help="override detect.embed_max_seq_length")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -134,6 +152,9 @@ def main() -> None:
                               threads=args.embed_threads or cfg.embed_threads)
 
     cfg = DetectConfig()
+    for k in ("embed_full_first", "embed_every", "embed_max_seq_length"):
+        if getattr(args, k) is not None:
+            setattr(cfg, k, getattr(args, k))
     mix = Mix().scaled(args.scale)
     tune_mix = Mix().scaled(args.scale * args.tune_benign_scale)
     tune_mix.benign_only = True
@@ -158,7 +179,7 @@ def main() -> None:
     del tune_events
 
     # ---- report split: held-out prompts, new seed, attackers included
-    rep = build_traffic(load_corpora("report"), mix, seed=args.seed + 2)
+    rep = build_traffic(load_corpora(args.eval_split), mix, seed=args.seed + 2)
     labels = rep.labels()
     write_jsonl(rep.sorted_events(), work / "report.jsonl")
     (work / "report_labels.json").write_text(json.dumps(labels))
@@ -211,11 +232,12 @@ def main() -> None:
     out = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+                    "python": platform.python_version(),
                     "torch": torch.__version__, "load_average_at_end": os.getloadavg(),
                     "load_average_at_start": load_at_start,
                     "note": "throughput depends on what else runs: see the load averages"},
-        "setup": {"scale": args.scale, "seed": args.seed, "target_fpr": args.target_fpr,
+        "setup": {"scale": args.scale, "seed": args.seed, "target_fpr": args.target_fpr, "eval_split": args.eval_split,
                   "embeddings": None if args.no_embeddings else "minilm-l6 (max_seq_length "
                   f"{cfg.embed_max_seq_length}, first {cfg.embed_full_first} prompts/account then 1 in {cfg.embed_every}, "
                   f"{args.embed_threads or cfg.embed_threads} torch thread(s))",

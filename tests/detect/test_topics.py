@@ -43,7 +43,7 @@ def test_state_is_bounded_and_merges():
     rng = np.random.default_rng(2)
     ref = ReferenceModel(_unit(rng.standard_normal((100, D))), seed=1)
     a = _feed(ref, _unit(rng.standard_normal((500, D))))
-    assert len(a.recent) <= a.recent_max
+    assert a.recent_n == a.recent_max and len(a.recent) == a.recent_max
     b = _feed(ref, _unit(rng.standard_normal((50, D))))
     m = a.merged(b)
     assert m.m == 550 and np.allclose(m.sum_unit, a.sum_unit + b.sum_unit)

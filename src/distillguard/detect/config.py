@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class RiskWeights(BaseModel):
     """How much each signal family moves the risk. Set from what each signal means (intent beats
     automation beats topic shape), not fitted to attack labels; the threshold is calibrated on
-    benign traffic only."""
+    benign traffic only. Frozen: the risk model caches the weights table per object."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     reasoning_elicitation: float = 0.8
     data_generation: float = 0.8

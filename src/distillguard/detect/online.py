@@ -37,7 +37,7 @@ from distillguard.detect.features import BehaviourState
 from distillguard.detect.reasoning import ReasoningScorer, default_scorer
 from distillguard.detect.reference import builtin_reference_prompts, load_calibration
 from distillguard.detect.risk import Signal, combine
-from distillguard.detect.templates import MinHasher, TemplateIndex, TemplateTracker, shingles, short_hash, system_prompt, user_text
+from distillguard.detect.templates import MinHasher, TemplateIndex, TemplateTracker, short_hash, system_prompt, user_text
 from distillguard.detect.topics import ReferenceModel, TopicState, topic_signals
 from distillguard.events import ExchangeEvent
 
@@ -207,7 +207,7 @@ class OnlineDetector:
         resp = ev.response
         st.behaviour.update(ev.ts, ev.request, resp.completion_tokens if resp else 0,
                             resp.prompt_tokens if resp else 0, sp_hash, rp, text, cfg.max_tokens_maximal, dp)
-        slot = st.templates.add(self.minhash.signature(shingles(text)), text)
+        slot = st.templates.add(self.minhash.text_signature(text), text)
         if (slot.count >= TEMPLATE_ESTABLISHED and slot.global_key is None
                 and st.template_inserts < MAX_TEMPLATE_INSERTS):
             slot.global_key, others = self.template_index.add_and_query(ev.account, slot.sig)

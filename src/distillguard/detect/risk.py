@@ -57,13 +57,31 @@ def extraction_parts(vals: dict[str, float]) -> tuple[float, float, float]:
     return intent, coverage, sustain
 
 
-def combine(signals: list[Signal], weights: RiskWeights, n: float, n0: float,
-            detail: bool = True) -> tuple[float, list[Signal]]:
-    """Risk and the signals ordered strongest-contribution first. The extraction term is reported
-    as a signal of its own (``extraction_pattern``) so a reviewer sees what drove the score."""
+_WEIGHTS_CACHE: dict[int, tuple[RiskWeights, dict[str, float]]] = {}
+
+
+def _weight_table(weights: RiskWeights) -> dict[str, float]:
+    """The signal weights as a dict (context-only signals at 0), cached per weights object:
+    ``combine`` runs once per event, and dumping the pydantic model each time showed in profiles."""
+    hit = _WEIGHTS_CACHE.get(id(weights))
+    if hit is not None and hit[0] is weights:
+        return hit[1]
     w = weights.model_dump()
     for name in CONTEXT_ONLY:
         w[name] = 0.0
+    w[EXTRACTION] = INTERACTION_WEIGHT
+    if len(_WEIGHTS_CACHE) > 64:
+        _WEIGHTS_CACHE.clear()
+    _WEIGHTS_CACHE[id(weights)] = (weights, w)
+    return w
+
+
+def combine(signals: list[Signal], weights: RiskWeights, n: float, n0: float,
+            detail: bool = True) -> tuple[float, list[Signal]]:
+    """Risk and the signals ordered strongest-contribution first. The extraction term is reported
+    as a signal of its own (``extraction_pattern``) so a reviewer sees what drove the score.
+    With ``detail=False`` (the per-event hot path) the signals come back unordered."""
+    w = _weight_table(weights)
     vals = {s.name: min(1.0, max(0.0, s.value)) for s in signals}
     total = sum(w.get(name, 1.0) * v for name, v in vals.items())
     intent, coverage, sustain = extraction_parts(vals)
@@ -72,7 +90,8 @@ def combine(signals: list[Signal], weights: RiskWeights, n: float, n0: float,
     conf = n / (n + n0) if n0 > 0 else 1.0
     z = weights.bias + conf * total
     risk = 1.0 / (1.0 + math.exp(-z))
-    w[EXTRACTION] = INTERACTION_WEIGHT
+    if not detail:
+        return risk, signals
     vals[EXTRACTION] = ext
     pattern = Signal(EXTRACTION, ext, f"intent {intent:.2f} (reasoning, data generation or harvesting) x new-content "
                                       f"coverage {coverage:.2f} x sustained activity {sustain:.2f}" if detail else "")

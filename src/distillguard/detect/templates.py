@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -48,6 +50,14 @@ def skeleton(text: str) -> str:
 EDGE = 500
 
 
+@lru_cache(maxsize=65_536)
+def _line_start(line: str) -> str | None:
+    """The shingle of a line's first two skeleton tokens (lines repeat across a template's
+    prompts, so this is memoised)."""
+    lt = skeleton_tokens(line)[:2]
+    return "l:" + " ".join(lt) if lt else None
+
+
 def shingles(text: str) -> tuple[set[str], set[str]]:
     """Shingles from where templates live: (head + line starts, tail + line starts). A template
     fixes its head ("Solve step by step: {q}") or its tail ("{q} Let's think step by step"), so
@@ -57,9 +67,9 @@ def shingles(text: str) -> tuple[set[str], set[str]]:
     toks = skeleton_tokens(text)
     lines: set[str] = set()
     for line in text.lower().splitlines()[:MAX_LINES]:
-        lt = skeleton_tokens(line)[:2]
-        if lt:
-            lines.add("l:" + " ".join(lt))
+        start = _line_start(line)
+        if start is not None:
+            lines.add(start)
     sides = []
     for tag, part in (("h", toks[:HEAD]), ("t", toks[-TAIL:])):
         out = set(lines)
@@ -75,27 +85,50 @@ class MinHasher:
     """Vectorised MinHash (same universal hashing family as datasketch) over string shingles.
     ``signature`` of a (head, tail) pair is the two halves concatenated."""
 
-    def __init__(self, num_perm: int = 32, seed: int = 1) -> None:
+    def __init__(self, num_perm: int = 32, seed: int = 1, cache_size: int = 20_000) -> None:
         rng = np.random.RandomState(seed)
         self.num_perm = num_perm
         self.a = rng.randint(1, int(_MERSENNE), size=num_perm, dtype=np.uint64)
         self.b = rng.randint(0, int(_MERSENNE), size=num_perm, dtype=np.uint64)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+
+    def text_signature(self, text: str) -> np.ndarray:
+        """``signature(shingles(text))``, memoised in a bounded LRU: popular prompts and
+        re-sent app prompts are shingled once. The returned array must not be modified."""
+        sig = self._cache.get(text)
+        if sig is not None:
+            self._cache.move_to_end(text)
+            return sig
+        sig = self.signature(shingles(text))
+        sig.flags.writeable = False
+        self._cache[text] = sig
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return sig
 
     def signature(self, items: set[str] | tuple[set[str], set[str]]) -> np.ndarray:
         if isinstance(items, tuple):
-            return np.concatenate([self._sig(side) for side in items])
+            head, tail = items
+            if not head or not tail:
+                return np.concatenate([self._sig(side) for side in items])
+            # both sides in one vectorised pass: the same values as two ``_sig`` calls
+            ph = self._permuted([*head, *tail])
+            return np.concatenate([ph[: len(head)].min(axis=0), ph[len(head):].min(axis=0)])
         return self._sig(items)
 
-    def _sig(self, items: set[str]) -> np.ndarray:
-        if not items:
-            return np.full(self.num_perm, _MAX32, dtype=np.uint64)
+    def _permuted(self, items: list[str] | set[str]) -> np.ndarray:
         hv = np.fromiter(
             (zlib.crc32(s.encode()) for s in items),  # stable across processes, unlike hash()
             dtype=np.uint64, count=len(items),
         )
         # (a*h + b) mod p, wrapping at 2^64: datasketch's "legacy" scheme, so the LSH index takes these values
-        ph = (np.outer(hv, self.a) + self.b) % _MERSENNE & _MAX32
-        return ph.min(axis=0)
+        return (np.outer(hv, self.a) + self.b) % _MERSENNE & _MAX32
+
+    def _sig(self, items: set[str]) -> np.ndarray:
+        if not items:
+            return np.full(self.num_perm, _MAX32, dtype=np.uint64)
+        return self._permuted(items).min(axis=0)
 
 
 def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
@@ -162,11 +195,12 @@ class TemplateTracker:
     def add(self, sig: np.ndarray, text: str) -> TemplateSlot:
         self.requests += 1
         if self.table:
-            eq = self._sigs[: len(self.table)] == sig
-            h = eq.shape[1] // 2
-            sims = np.maximum(eq[:, :h].mean(axis=1), eq[:, h:].mean(axis=1))
-            best = int(np.argmax(sims))
-            if sims[best] >= self.threshold:
+            n = len(self.table)
+            h = len(sig) // 2
+            # matching hash values per (slot, side); a slot's similarity is its better side
+            same = (self._sigs[:n] == sig).reshape(n, 2, h).sum(axis=2).max(axis=1)
+            best = int(np.argmax(same))
+            if same[best] / h >= self.threshold:
                 slot = self.table[best]
                 slot.count += 1
                 self.matched += 1
@@ -202,6 +236,9 @@ class TemplateIndex:
         self.num_perm = num_perm
         self.sides = [MinHashLSH(threshold=threshold, num_perm=num_perm) for _ in range(2)]
         self._n = 0
+        # the index only compares hash values; fixed dummy permutations spare datasketch from
+        # drawing num_perm random ones for every sketch it wraps
+        self._perms = (np.ones(num_perm, dtype=np.uint64), np.zeros(num_perm, dtype=np.uint64))
 
     def add_and_query(self, account: str, sig: np.ndarray) -> tuple[str, list[str]]:
         """Insert an account's template; return its key and the other accounts that use it."""
@@ -212,7 +249,8 @@ class TemplateIndex:
         others: set[str] = set()
         for i, lsh in enumerate(self.sides):
             part = sig[i * self.num_perm:(i + 1) * self.num_perm].astype(np.uint64)
-            mh = LeanMinHash(MinHash(num_perm=self.num_perm, hashvalues=part, scheme="legacy"))
+            mh = LeanMinHash(MinHash(num_perm=self.num_perm, hashvalues=part, permutations=self._perms,
+                                     scheme="legacy"))
             others |= {k.split("\x00", 1)[0] for k in lsh.query(mh)}
             lsh.insert(key, mh)
         others.discard(account)

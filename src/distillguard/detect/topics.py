@@ -70,28 +70,31 @@ class TopicState:
     sum_phi: np.ndarray | None = None
     sum_phi_sq: float = 0.0
     novel: int = 0
-    recent: list[np.ndarray] = field(default_factory=list)
+    #: ring buffer of the last ``recent_max`` embeddings (rows ``[:recent_n]`` are filled)
+    recent: np.ndarray | None = None
+    recent_n: int = 0
     recent_max: int = 48
     novel_cos: float = 0.92
     #: (m, TopicSignals) of the last computation: statistics change only when m does
     cache: tuple | None = None
 
     def add(self, x: np.ndarray, phi: np.ndarray) -> bool:
-        """Add one unit embedding and its random features; returns whether it was novel."""
+        """Add one unit embedding and its random features; returns whether it was novel (no
+        near-duplicate among the last ``recent_max`` prompts)."""
         if self.sum_unit is None:
             self.sum_unit = np.zeros_like(x)
             self.sum_phi = np.zeros_like(phi)
+            self.recent = np.empty((self.recent_max, len(x)), dtype=x.dtype)
         is_novel = True
-        if self.recent:
-            is_novel = float(np.max(np.stack(self.recent) @ x)) < self.novel_cos
+        if self.recent_n:
+            is_novel = float(np.max(self.recent[: self.recent_n] @ x)) < self.novel_cos
+        self.recent[self.m % self.recent_max] = x
+        self.recent_n = min(self.recent_max, self.recent_n + 1)
         self.m += 1
         self.sum_unit += x
         self.sum_phi += phi
         self.sum_phi_sq += float(phi @ phi)
         self.novel += int(is_novel)
-        self.recent.append(x)
-        if len(self.recent) > self.recent_max:
-            self.recent.pop(0)
         return is_novel
 
     def merged(self, other: TopicState) -> TopicState:
