@@ -16,7 +16,9 @@ calibration and a fingerprint of the replayed events (rebuilt from the same seed
    the board as it stood *before* the request's batch (the detection worker's batch lag), then the
    batch goes to the real ``OnlineDetector``, whose callback updates the board, as in ``serve``.
    Rate limits (standard tier, key and account RPM/TPM over 60 s windows) are simulated with and
-   without the policy's ``limit_scale``.
+   without the policy's ``limit_scale``. Account age (rules with ``max_account_age_s``) counts from
+   the account's first request in the replay: every account is new when the window opens, which
+   is pessimistic for benign customers whose history would start earlier.
 3. Measured:
    * legitimate impact: share of benign requests whose decision is not ``allow`` (throttle,
      degrade, verify, block), and the share actually refused (403, or 429 only under the policy);
@@ -36,7 +38,13 @@ calibration and a fingerprint of the replayed events (rebuilt from the same seed
      bounds what a patient attacker recovers by re-sending every request the risk budget refused
      (as if each were then served in full; verify/block refusals are not recoverable).
    * the session-1 policy (degrade at the flag, no risk budget, no length cap) runs on the same
-     detector updates in the same pass (``session1_policy_same_run``), for a same-run ratio.
+     detector updates in the same pass (``session1_policy_same_run``), for a same-run ratio; so do
+     the previous defaults (without the ``watch-new`` rule: ``previous_defaults_same_run``) when
+     the run uses the default policy.
+
+``--split tune-attack`` replays the tune split's benign accounts (event for event the same as
+``--split tune``) plus attackers drawn from the tune halves of the corpora: attacker-side settings
+are chosen there, and the held-out report split is only replayed to report them.
 """
 
 from __future__ import annotations
@@ -277,6 +285,16 @@ def session1_policy() -> Any:
                         degrade=DegradeConfig(max_tokens=None))
 
 
+def previous_defaults_policy() -> Any:
+    """The default policy before the ``watch-new`` rule (session 3): the same rules without it, for
+    the same-run comparison (``previous_defaults_same_run``)."""
+    from distillguard.policy.config import PolicyConfig
+
+    cfg = PolicyConfig()
+    cfg.rules = [r for r in cfg.rules if r.name != "watch-new"]
+    return cfg
+
+
 def events_fingerprint(raw: list[dict[str, Any]]) -> str:
     h = hashlib.blake2b(digest_size=12)
     for e in raw:
@@ -316,9 +334,11 @@ def main() -> None:
     ap.add_argument("--from-trace", type=Path, default=None,
                     help="replay the policy on a saved trace (no detector run; same --scale/--days/--seed)")
     ap.add_argument("--policy", type=Path, default=None, help="policy TOML (default: PolicyConfig() defaults)")
-    ap.add_argument("--split", choices=("report", "tune"), default="report",
+    ap.add_argument("--split", choices=("report", "tune", "tune-attack"), default="report",
                     help="replay the held-out report split (default), or the benign-only tune split the "
-                         "calibration used (to choose policy settings on benign traffic without touching the report split)")
+                         "calibration used (to choose policy settings on benign traffic without touching the report "
+                         "split), or tune-attack: the same tune-split benign accounts plus attackers drawn from the "
+                         "tune halves of the corpora (to choose attacker-side settings without the report split)")
     ap.add_argument("--no-session1", action="store_true", help="skip the session-1 policy comparison")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "policy_simulation.json")
     args = ap.parse_args()
@@ -337,6 +357,7 @@ def main() -> None:
     from distillguard.store.base import Account, KeyRecord
 
     t_start = time.time()
+    load_start = os.getloadavg()
     detect_hash = detect_source_hash()  # before anything runs: the code this process imported
     mix = Mix().scaled(args.scale)
     trace_in: dict[str, Any] | None = None
@@ -385,6 +406,10 @@ def main() -> None:
     if args.split == "tune":
         report = build_traffic(load_corpora("tune"), Mix(**{**mix.__dict__, "benign_only": True}), seed=args.seed,
                                days=args.days)
+    elif args.split == "tune-attack":
+        # benign personas are built first from the same seed: the tune split's benign accounts,
+        # event for event, then attackers from the tune halves of the corpora
+        report = build_traffic(load_corpora("tune"), mix, seed=args.seed, days=args.days)
     else:
         report = build_traffic(load_corpora("report"), mix, seed=args.seed + 1, days=args.days)
     labels = report.labels()
@@ -405,12 +430,16 @@ def main() -> None:
     sims = [Sim("policy", policy_cfg, threshold, tier)]
     if not args.no_session1:
         sims.append(Sim("session1", session1_policy(), threshold, tier))
+        if args.policy is None:
+            sims.append(Sim("previous_defaults", previous_defaults_policy(), threshold, tier))
     lim_base = WindowLimiter(tier)
     verdict_board = sims[0].board  # _verdict needs a board for its evidence cut-off
     trace_out: list[dict[str, dict[str, Any]]] = []
     seen: dict[str, int] = defaultdict(int)
     trace: list[tuple[str, bool, float, int]] = []  # (side, hydra?, level at decision, tokens)
     peak_level: dict[str, float] = defaultdict(float)
+    hydra_reqs: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    hydra_first_flag: dict[str, tuple[float, str]] = {}
     t0 = time.perf_counter()
     batches = list(iter_batches_list(events, args.batch))
     if trace_in is not None and len(trace_in["batches"]) != len(batches):
@@ -439,6 +468,10 @@ def main() -> None:
                     if sim is sims[0]:
                         lv = lvl
                 trace.append((side, lab["group"] is not None, lv, tokens if base_ok else 0))
+                if lab["group"] is not None:
+                    hydra_reqs[lab["group"]].append((ev.ts, tokens if base_ok else 0))
+                    if lv >= 1.0 and lab["group"] not in hydra_first_flag:
+                        hydra_first_flag[lab["group"]] = (ev.ts, acct)
                 peak_level[acct] = max(peak_level[acct], lv)
             if trace_in is not None:
                 records = trace_in["batches"][bi]
@@ -477,7 +510,7 @@ def main() -> None:
         "bench": "policy_simulation",
         "command": " ".join([sys.executable.rsplit("/", 1)[-1]] + sys.argv),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {**machine(), "load_avg_end": os.getloadavg()},
+        "machine": {**machine(), "load_avg_start": load_start, "load_avg_end": os.getloadavg()},
         "setup": {"scale": args.scale, "days": args.days, "seed": args.seed, "batch": args.batch,
                   "embeddings": (trace_in["meta"]["embeddings"] if trace_in else (embedder.name if embedder else None)),
                   "tune_split": "benign only, calibration", "report_split": "held out, all personas",
@@ -497,12 +530,14 @@ def main() -> None:
         **main_sum,
         "report_split_benign_peak_level_quantiles": q,
         "sensitivity": sensitivity(trace),
-        "seconds": {"calibration": round(cal_s, 1), "replay": round(replay_s, 1), "total": round(time.time() - t_start, 1)},
+        "hydra_inheritance_bound": hydra_bound(hydra_reqs, hydra_first_flag),
+        "seconds": {"calibration": round(cal_s, 1), "replay": round(replay_s, 1), "total": round(time.time() - t_start, 1),
+                    "cpu_process": round(time.process_time(), 1)},
     }
-    if len(sims) > 1:
-        s1 = sims[1].summary(labels)
-        result["session1_policy_same_run"] = {"legitimate": s1["legitimate"], "attackers": s1["attackers"],
-                                              "actions": s1["actions"]}
+    for sim in sims[1:]:
+        s1 = sim.summary(labels)
+        result[f"{sim.name}_policy_same_run" if sim.name == "session1" else f"{sim.name}_same_run"] = {
+            "legitimate": s1["legitimate"], "attackers": s1["attackers"], "actions": s1["actions"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     lg, at = result["legitimate"], result["attackers"]
@@ -515,11 +550,32 @@ def main() -> None:
         print(f"  {k:18s} reduction {v['reduction_x']:.1f}x  restricted after {v['median_requests_before_restriction']}")
     for k, v in at["hydra_by_group"].items():
         print(f"  {k:18s} reduction {v['reduction_x']:.1f}x  restricted after {v['median_requests_before_restriction']}")
+    if "previous_defaults_same_run" in result:
+        s1 = result["previous_defaults_same_run"]
+        print(f"previous defaults (no watch-new rule), same run: benign affected {s1['legitimate']['affected_share']:.4%}; "
+              f"single {s1['attackers']['single_account']['reduction_x']:.1f}x, hydra {s1['attackers']['hydra']['reduction_x']:.1f}x")
     if len(sims) > 1:
         s1 = result["session1_policy_same_run"]
         print(f"session-1 policy, same run: benign decision {s1['legitimate']['decision_share']:.4%} affected "
               f"{s1['legitimate']['affected_share']:.4%}; single {s1['attackers']['single_account']['reduction_x']:.1f}x, "
               f"hydra {s1['attackers']['hydra']['reduction_x']:.1f}x")
+
+
+def hydra_bound(reqs: dict[str, list[tuple[float, int]]], first_flag: dict[str, tuple[float, str]]) -> dict[str, Any]:
+    """What cluster inheritance could give at best: each hydra's yield if every request of every
+    member were refused from the moment its first member reached the flag line (level 1.0), as if
+    the whole group were known to be one actor then. When the members are flagged together (the
+    detector links them all at once), no inheritance can do better than this."""
+    out: dict[str, Any] = {}
+    for g, rows in sorted(reqs.items()):
+        base = sum(t for _, t in rows)
+        ff = first_flag.get(g)
+        kept = sum(t for ts, t in rows if ff is None or ts < ff[0])
+        out[g] = {"first_member_flagged": ff[1] if ff else None,
+                  "requests_before_first_flag": sum(1 for ts, _ in rows if ff is None or ts < ff[0]),
+                  "requests": len(rows), "yield_bound": kept / base if base else None,
+                  "reduction_x_bound": base / kept if kept else float("inf")}
+    return out
 
 
 def iter_batches_list(events: list[Any], size: int) -> Any:

@@ -20,10 +20,16 @@ from distillguard.store.base import Account, KeyRecord
 THR = 0.8
 
 
+#: store creation time of the accounts ctx() builds: long before any test's clock, so they are
+#: established customers (the ``watch-new`` rule is for accounts in their first hours)
+LONG_AGO = 1_000_000.0
+
+
 def ctx(name: str, tier: str = "standard", ip: str | None = "203.0.113.9", ua: str | None = "OpenAI/Python 1.54.0",
-        prompt: str = "What is the capital of France?", ts: float | None = None, **req: Any) -> PolicyContext:
+        prompt: str = "What is the capital of France?", ts: float | None = None, created_at: float = LONG_AGO,
+        **req: Any) -> PolicyContext:
     return PolicyContext(
-        account=Account(name, tier, 0.0), key=KeyRecord(f"key_{name}", name, tier, 0.0), tier=tier,
+        account=Account(name, tier, created_at), key=KeyRecord(f"key_{name}", name, tier, created_at), tier=tier,
         endpoint="/v1/chat/completions",
         request={"model": "smollm2", "messages": [{"role": "user", "content": prompt}], **req},
         prompt_tokens=8, ip=ip, user_agent=ua, ts=time.time() if ts is None else ts, engine=None)  # type: ignore[arg-type]
@@ -410,10 +416,16 @@ def test_an_address_of_flagged_accounts_restricts_a_fresh_account_at_once(policy
     proxy = "198.51.100.20"
     board.set_risk("sib-1", risk_at(1.3, THR), cluster="c5")
     assert policy.decide(ctx("sib-1", ip=proxy, ts=t0)).action == "verify"  # flagged: its address is noted
-    # a brand-new account from the same address, before the detector has seen it
-    d = policy.decide(ctx("fresh", ip=proxy, ts=t0 + 60))
-    assert d.level == pytest.approx(addr.one_account_level) and d.rule == "watch" and d.budget is not None
+    # a brand-new account from the same address, before the detector has seen it: watched from
+    # its first request, and as a new account its answers are degraded within a tight budget
+    d = policy.decide(ctx("fresh", ip=proxy, ts=t0 + 60, created_at=0.0))
+    assert d.level == pytest.approx(addr.one_account_level) and d.rule == "watch-new" and d.budget is not None
+    assert d.action == "degrade" and d.budget == next(r.budget_requests for r in PolicyConfig().rules
+                                                      if r.name == "watch-new")
     assert f"address {proxy} was used by 1 flagged account (sib-1): level {addr.one_account_level:.2f}" in d.reasons
+    # an established account behind the same address is only watched
+    d = policy.decide(ctx("old-customer", ip=proxy, ts=t0 + 60))
+    assert d.rule == "watch" and d.action == "allow" and d.budget is not None
     # a second flagged account behind it: a campaign's proxy
     board.set_risk("sib-2", 0.0, cluster="c5")  # linked: inherits the cluster's risk
     policy.decide(ctx("sib-2", ip=proxy, ts=t0 + 120))
@@ -427,3 +439,76 @@ def test_an_address_of_flagged_accounts_restricts_a_fresh_account_at_once(policy
     cfg.addresses.enabled = False
     policy.reload(cfg)
     assert policy.decide(ctx("fresh", ip=proxy, ts=t0 + 200)).rule is None
+
+
+def watch_new_rule():
+    return next(r for r in PolicyConfig().rules if r.name == "watch-new")
+
+
+def test_a_new_account_in_the_watch_band_gets_a_tight_budget_and_degraded_answers(policy: RiskPolicy,
+                                                                                  board: RiskBoard) -> None:
+    rule = watch_new_rule()
+    assert rule.max_account_age_s is not None and rule.budget_requests is not None
+    assert rule.budget_requests < policy.compiled.config.throttle.budget_requests  # tighter than "watch"
+    t0 = 1_700_000_000.0
+    board.set_risk("newbie", risk_at(WATCHED, THR), evidence=EVIDENCE)
+    # first request seen at t0 (the store does not know when it was created: created_at 0)
+    results = [policy.decide(ctx("newbie", ts=t0 + i, created_at=0.0)) for i in range(rule.budget_requests + 3)]
+    assert all(d.rule == "watch-new" for d in results)
+    served = [d for d in results if d.retry_after_s is None]
+    assert len(served) == rule.budget_requests  # its own budget, not the curve's
+    assert all(d.action == "degrade" and d.degrade is not None and d.budget == rule.budget_requests for d in served)
+    assert any("account first seen 0.0 h ago" in r for r in served[0].reasons)
+    refused = results[-1]
+    assert refused.action == "degrade" and refused.retry_after_s is not None and "Retry after" in (refused.message or "")
+    # once the account is older than the rule's age it is an ordinary watched account
+    later = t0 + rule.max_account_age_s + 1
+    d = policy.decide(ctx("newbie", ts=later, created_at=0.0))
+    assert d.rule == "watch" and d.action == "allow" and d.degrade is None
+    # below the watch line a new account is not touched at all
+    board.set_risk("quiet-newbie", risk_at(rule_level("watch") - 0.1, THR))
+    d = policy.decide(ctx("quiet-newbie", ts=t0, created_at=0.0))
+    assert d.action == "allow" and d.rule is None and d.budget is None
+
+
+def test_account_age_uses_the_store_creation_time_when_it_is_on_the_same_clock(board: RiskBoard) -> None:
+    t0 = 1_700_000_000.0
+    # first request seen now, but created in the store a day earlier (e.g. after a restart)
+    assert board.account_age("a", t0, created_at=t0 - 86400.0) == pytest.approx(86400.0)
+    # creation unknown (0) or after the request's clock (an arena's simulated clock runs behind
+    # the store's wall clock): the first request seen here counts
+    assert board.account_age("b", t0, created_at=0.0) == 0.0
+    assert board.account_age("b", t0 + 50, created_at=0.0) == pytest.approx(50.0)
+    assert board.account_age("c", t0, created_at=t0 + 10 * 86400.0) == 0.0
+    assert board.account_age("c", t0 + 7, created_at=t0 + 10 * 86400.0) == pytest.approx(7.0)
+
+
+def test_rule_budgets_and_ages_are_validated_and_load_from_a_file(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from distillguard.policy.config import Rule
+    from distillguard.policy.engine import load_policy_file
+
+    with pytest.raises(ValidationError, match="budget_requests must be at least 1"):
+        Rule(name="x", action="throttle", budget_requests=0)
+    with pytest.raises(ValidationError, match="max_account_age_s must be positive"):
+        Rule(name="x", action="throttle", max_account_age_s=0)
+    p = tmp_path / "p.toml"
+    p.write_text("""
+[policy]
+[[policy.rules]]
+name = "young"
+min_level = 0.5
+max_account_age_s = 3600.0
+action = "throttle"
+budget_requests = 2
+""", encoding="utf-8")
+    cfg = load_policy_file(p)
+    board = RiskBoard(THR)
+    cfg.indicators.file = tmp_path / "none.json"
+    pol = RiskPolicy(board, cfg, threshold=THR)
+    board.set_risk("y", risk_at(0.7, THR))
+    t0 = 1_700_000_000.0
+    got = [pol.decide(ctx("y", ts=t0 + i, created_at=0.0)) for i in range(3)]
+    assert [d.retry_after_s is None for d in got] == [True, True, False] and got[0].budget == 2
+    assert pol.decide(ctx("y", ts=t0 + 3601, created_at=0.0)).rule is None  # older than the rule: no rule left

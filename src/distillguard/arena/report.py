@@ -36,14 +36,7 @@ def topic_map(events: list[dict[str, Any]], labels: dict[str, dict[str, Any]], k
     tf = TfidfVectorizer(max_features=3000, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")
     T = tf.fit_transform(texts)
     vocab = np.array(tf.get_feature_names_out())
-    names = []
-    for c in range(k):
-        rows = T[assign == c]
-        if rows.shape[0] == 0:
-            names.append(f"topic {c}")
-            continue
-        top = np.asarray(rows.mean(axis=0)).ravel().argsort()[::-1][:3]
-        names.append(" / ".join(vocab[top]))
+    names = topic_names(T, assign, vocab, k)
     accounts = sorted({e["account"] for e in events}, key=lambda a: (-(labels.get(a, {}).get("label") or 0), a))
     acc_idx = {a: i for i, a in enumerate(accounts)}
     mat_a = np.zeros((len(accounts), k))
@@ -56,6 +49,34 @@ def topic_map(events: list[dict[str, Any]], labels: dict[str, dict[str, Any]], k
         mat_t[c, min(nb - 1, int((t - t0) / max(1e-9, t1 - t0) * nb))] += 1
     return {"k": k, "names": names, "how": how, "accounts": accounts, "matrix_account": mat_a.tolist(),
             "matrix_time": mat_t.tolist(), "t0": t0, "t1": t1, "sizes": np.bincount(assign, minlength=k).tolist()}
+
+
+def topic_names(T: Any, assign: np.ndarray, vocab: np.ndarray, k: int, n_terms: int = 3) -> list[str]:
+    """Each topic named by the terms that set it apart: its mean TF-IDF minus the highest mean of
+    any other topic (the plain top terms name two topics of one domain alike, e.g. two coding
+    topics both "step / function / python"); a name another topic already has gets more terms
+    until it differs."""
+    means = np.zeros((k, T.shape[1]))
+    for c in range(k):
+        if (assign == c).any():
+            means[c] = np.asarray(T[assign == c].mean(axis=0)).ravel()
+    names: list[str] = []
+    for c in range(k):
+        if not (assign == c).any():
+            names.append(f"topic {c}")
+            continue
+        inside = means[c]
+        others = np.delete(means, c, axis=0)
+        outside = others.max(axis=0) if len(others) else np.zeros_like(inside)
+        order = [int(i) for i in np.argsort(-(inside - outside), kind="stable") if inside[i] > 0]
+        terms = [str(vocab[i]) for i in order[:n_terms]]
+        j = n_terms
+        while " / ".join(terms) in names and j < len(order):
+            terms.append(str(vocab[order[j]]))
+            j += 1
+        name = " / ".join(terms) or f"topic {c}"
+        names.append(name if name not in names else f"{name} ({c})")
+    return names
 
 
 # ---------------------------------------------------------------- figures
@@ -96,13 +117,14 @@ def fig_risk(det: dict[str, Any], labels: dict[str, dict[str, Any]], path: Path)
     ax.set_ylim(0, 1.02)
     from matplotlib.lines import Line2D
 
-    ax.legend(handles=[Line2D([], [], color="#c0392b", label="attacker accounts"),
-                       Line2D([], [], color="#7f8c8d", label="benign accounts"),
-                       Line2D([], [], color="k", marker="v", ls="", label="flagged (attacker)"),
-                       Line2D([], [], color="orange", marker="v", ls="", label="flagged (benign)")],
-              loc="lower right", fontsize=8)
+    # below the axes: inside, it hid the benign accounts' lines along the bottom
+    fig.legend(handles=[Line2D([], [], color="#c0392b", label="attacker accounts"),
+                        Line2D([], [], color="#7f8c8d", label="benign accounts"),
+                        Line2D([], [], color="k", marker="v", ls="", label="flagged (attacker)"),
+                        Line2D([], [], color="orange", marker="v", ls="", label="flagged (benign)")],
+               loc="lower center", ncol=4, fontsize=8, frameon=False)
     ax.set_title("Per-account risk over time")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -114,14 +136,16 @@ def fig_heatmaps(topics: dict[str, Any], labels: dict[str, dict[str, Any]], path
     h = max(4.0, 0.22 * len(accts) + 1.5)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, h), gridspec_kw={"width_ratios": [1.3, 1]})
     share = mat / np.maximum(1, mat.sum(axis=1, keepdims=True))
-    a1.imshow(share, aspect="auto", cmap="viridis")
+    im1 = a1.imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(im1, ax=a1, fraction=0.04, pad=0.02).set_label("share of the account's prompts", fontsize=8)
     a1.set_yticks(range(len(accts)))
     a1.set_yticklabels([f"{'[A] ' if labels.get(a, {}).get('label') == 1 else ''}{a}" for a in accts], fontsize=7)
     a1.set_xticks(range(topics["k"]))
     a1.set_xticklabels([f"T{i}" for i in range(topics["k"])], fontsize=8)
     a1.set_title("share of each account's prompts per topic ([A] = attacker)", fontsize=9)
     mt = np.array(topics["matrix_time"])
-    a2.imshow(mt, aspect="auto", cmap="magma")
+    im2 = a2.imshow(mt, aspect="auto", cmap="magma")
+    fig.colorbar(im2, ax=a2, fraction=0.05, pad=0.02).set_label("requests", fontsize=8)
     a2.set_yticks(range(topics["k"]))
     a2.set_yticklabels([f"T{i}: {n[:38]}" for i, n in enumerate(topics["names"])], fontsize=7)
     span_h = (topics["t1"] - topics["t0"]) / 3600
@@ -163,9 +187,9 @@ def fig_yield(m: dict[str, Any], path: Path) -> None:
     bars = a2.bar(["without defences", "with DistillGuard"], vals2, color=["#95a5a6", "#2980b9"])
     for b, v in zip(bars, vals2, strict=True):
         a2.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}%", ha="center", va="bottom", fontsize=9)
-    a2.set_ylabel("% of benign requests throttled / degraded / blocked")
+    a2.set_ylabel("% of benign requests")
     a2.set_ylim(0, max(1.0, max(vals2) * 1.3))
-    a2.set_title("Legitimate impact")
+    a2.set_title("Legitimate impact (throttled / degraded / blocked)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -192,14 +216,19 @@ def fig_watermark(m: dict[str, Any], path: Path) -> bool:
         rows.append(("control student\n(no watermark)", ra["control_student"]["p_value"]))
     if not rows:
         return False
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     vals = [-math.log10(max(p, 1e-300)) for _, p in rows]
     bars = ax.bar([r[0] for r in rows], vals, color=["#8e44ad" if "random" not in r[0] and "reference" not in r[0]
                                                       and "control" not in r[0] else "#bdc3c7" for r in rows])
+    line = -math.log10(0.01)
+    top = max(vals + [line])
     for b, (_, p) in zip(bars, rows, strict=True):
-        ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"p={p:.1e}", ha="center", va="bottom", fontsize=8)
-    ax.axhline(-math.log10(0.01), ls="--", color="k", lw=1)
-    ax.text(len(rows) - 0.5, -math.log10(0.01), " p = 0.01", fontsize=8, va="center", ha="left")
+        # above the bar and above the p = 0.01 line (a label on a short bar sat on the line)
+        y = max(b.get_height(), line) + 0.015 * top
+        ax.text(b.get_x() + b.get_width() / 2, y, f"p={p:.1e}", ha="center", va="bottom", fontsize=8)
+    ax.axhline(line, ls="--", color="k", lw=1, label="p = 0.01")
+    ax.set_ylim(0, top * 1.12)
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_ylabel("-log10 p-value")
     ax.tick_params(axis="x", labelsize=8)
     ax.set_title("Watermark evidence (higher = stronger evidence the text / model came from this gateway)")
@@ -216,10 +245,19 @@ def fig_quality(m: dict[str, Any], path: Path) -> bool:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     names = [r["name"] for r in q]
-    a1.bar(names, [r.get("perplexity") or 0 for r in q], color="#16a085")
-    a1.set_ylabel("perplexity of held-out teacher answers")
+    ppl = [r.get("perplexity") or 0 for r in q]
+    bars = a1.bar(names, ppl, color="#16a085")
+    for b, v in zip(bars, ppl, strict=True):
+        a1.text(b.get_x() + b.get_width() / 2, max(v, 1.0), f"{v:,.1f}" if v < 1000 else f"{v:.2g}", ha="center",
+                va="bottom", fontsize=8)
+    a1.set_ylabel("perplexity of held-out\nteacher answers (log)")
     a1.set_yscale("log")
-    a2.bar(names, [r.get("rouge_l") or 0 for r in q], color="#d35400")
+    a1.set_ylim(top=max(ppl + [10.0]) * 4)
+    rl = [r.get("rouge_l") or 0 for r in q]
+    bars = a2.bar(names, rl, color="#d35400")
+    for b, v in zip(bars, rl, strict=True):
+        a2.text(b.get_x() + b.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    a2.set_ylim(0, max(rl + [0.1]) * 1.15)
     a2.set_ylabel("ROUGE-L vs teacher answer")
     for a in (a1, a2):
         a.tick_params(axis="x", labelsize=8)
@@ -266,7 +304,8 @@ def _attacker_outcomes(m: dict[str, Any]) -> str:
                 acts[f"status {k}"] = acts.get(f"status {k}", 0) + v
     stopped = {k: v for k, v in (m.get("traffic", {}).get("not_sent") or {}).items() if v}
     out = ", ".join(f"{k}: {v}" for k, v in sorted(acts.items()))
-    return out + (f"; planned requests never sent (account stopped after 403, or out of time): {stopped}" if stopped else "")
+    sent = ", ".join(f"{k}: {v}" for k, v in sorted(stopped.items(), key=lambda kv: (-kv[1], kv[0])))
+    return out + (f"; planned requests never sent (account stopped after 403, or out of time): {sent}" if stopped else "")
 
 
 def headline(m: dict[str, Any]) -> dict[str, Any]:
@@ -388,9 +427,10 @@ def write_report(m: dict[str, Any], topics: dict[str, Any], det: dict[str, Any],
               f"degraded (answer length capped, reasoning withheld, logprobs noised, stronger watermark). The default "
               f"policy tightens before the flag: from risk level 0.6 an account (or its whole linked cluster) has a "
               f"risk budget of requests per hour and per day (429 with Retry-After beyond it; the client waits on its "
-              f"simulated clock and retries, then gives up); from 0.9 the budget shrinks with the level and answers "
-              f"are degraded; over the flag line (1.0) an unverified account must verify (403: the attacker's "
-              f"account stops). Addresses flagged accounts used raise the level of other accounts at once. "
+              f"simulated clock and retries, then gives up); an account that reaches that level in its first hours "
+              f"gets a tighter budget and degraded answers; over the flag line (1.0) an unverified account must "
+              f"verify (403: the attacker's account stops), a verified one has its budget shrink with the level. "
+              f"Addresses flagged accounts used raise the level of other accounts at once. "
               f"<b>Legitimate impact</b> = benign requests answered 429/403 or with a policy action other than allow: "
               f"{imp['impacted']} of {imp['benign_requests']} ({100 * imp['share']:.2f}%)"
               f"{' ' + _e(imp['by_kind']) if imp['by_kind'] else ''}; "

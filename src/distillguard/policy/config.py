@@ -10,8 +10,9 @@ Risk is read on the detector's own scale through a *level* anchored on its calib
 Level 1.0 is exactly "flagged at the calibrated false-positive rate" (0.1% of benign accounts by
 default): by default an unverified account over it must verify. Below it (see ``default_rules``)
 a watched account (level 0.6 and up) has a risk budget of requests an hour and a day, shared by
-its linked cluster; nothing below the line changes an answer, and nothing refuses one unless the
-account sends more requests than its budget. Over the line, the budget of a verified account
+its linked cluster; nothing below the line changes an established account's answer, and nothing
+refuses one unless the account sends more requests than its budget. A watched account in its first
+hours (``watch-new``) has a tighter budget and degraded answers. Over the line, the budget of a verified account
 shrinks smoothly with the level (the throttle curve) and its answers are degraded from 1.5.
 
 Rules are tried in order; the first whose conditions all hold gives the action (a firewall-style
@@ -82,18 +83,21 @@ class ThrottleCurve(BaseModel):
         x = min(1.0, (level - self.start) / (self.full - self.start))
         return max(self.floor, 1.0 - x**self.power)
 
-    def budget(self, level: float) -> int | None:
+    def budget(self, level: float, base: int | None = None) -> int | None:
         """Requests per ``budget_window_s`` for an account a throttling rule applies to, at
-        ``level`` (None: no hourly budget configured). Full below ``start``, shrinking above."""
-        if self.budget_requests is None:
+        ``level`` (None: no hourly budget configured). Full below ``start``, shrinking above.
+        ``base``: a rule's own budget instead of ``budget_requests``."""
+        full = self.budget_requests if base is None else base
+        if full is None:
             return None
-        return max(1, int(self.budget_requests * self.scale(level)))
+        return max(1, int(full * self.scale(level)))
 
-    def daily_budget(self, level: float) -> int | None:
+    def daily_budget(self, level: float, base: int | None = None) -> int | None:
         """Requests per day, likewise (None: no daily budget configured)."""
-        if self.daily_budget_requests is None:
+        full = self.daily_budget_requests if base is None else base
+        if full is None:
             return None
-        return max(1, int(self.daily_budget_requests * self.scale(level)))
+        return max(1, int(full * self.scale(level)))
 
 
 class DegradeConfig(BaseModel):
@@ -191,9 +195,31 @@ class Rule(BaseModel):
     cluster_flagged: bool | None = None
     #: the request matched an imported threat indicator
     indicator: bool | None = None
+    #: the account is younger than this (seconds since its first request the gateway saw, or since
+    #: it was created in the store, whichever is earlier; arrival-time clock)
+    max_account_age_s: float | None = None
+    #: this rule's own risk budget (requests per ``throttle.budget_window_s`` and per day) for a
+    #: throttle / degrade action, instead of the throttle curve's; scaled by the curve above its
+    #: start like the curve's own
+    budget_requests: int | None = None
+    daily_budget_requests: int | None = None
     #: shown to the client on verify / block (default: the gateway's text)
     message: str | None = None
 
+    @model_validator(mode="after")
+    def _check(self) -> Rule:
+        for name in ("budget_requests", "daily_budget_requests"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"rule {self.name}: {name} must be at least 1, got {v}")
+        if self.max_account_age_s is not None and not self.max_account_age_s > 0:
+            raise ValueError(f"rule {self.name}: max_account_age_s must be positive, got {self.max_account_age_s}")
+        return self
+
+
+#: an account younger than this (first request seen, or created in the store) that the detector
+#: already watches gets the ``watch-new`` rule (see ``default_rules``)
+NEW_ACCOUNT_S = 6 * 3600.0
 
 VERIFY_TEXT = ("This account's usage matches automated model extraction. To continue, verify your organisation "
                "with the API owner (reply to your account email or contact support with your account name); "
@@ -208,6 +234,14 @@ def default_rules() -> list[Rule]:
       beyond it 429 with Retry-After. Requests within it are served as asked (their decision is
       ``allow``, rule ``watch``). A campaign runs around the clock at 15-110 requests an hour
       (360-2,600 a day); people and apps stay under the budget.
+    * ``watch-new``: the same band for an account younger than ``NEW_ACCOUNT_S`` (6 h since its
+      first request): a tight budget of its own (10 requests an hour, 80 a day) and degraded answers
+      (length capped, reasoning withheld, logprobs noised). A campaign's own account reaches the
+      watch band within minutes to a few hours of its first request (15-110 requests an hour) and
+      spends tens to a hundred requests there before the flag: that band was most of what a
+      single-account attacker still obtained. A customer with a history is not touched by it: the
+      busiest benign account of the tune split (a RAG app) first reached the band 15 h after its
+      first request, and no other tune-split benign account reached it at all.
     * ``flagged`` (level >= 1.0, the calibrated 0.1%-FPR line), unverified: must verify (403
       saying how). The attacker's account is stopped, not slowed.
     * ``indicator``: a request matching an imported threat indicator of an address or a prompt
@@ -234,6 +268,8 @@ def default_rules() -> list[Rule]:
         Rule(name="verified-ok", review=["verified"], action="allow"),
         Rule(name="flagged", min_level=1.0, action="verify", message=VERIFY_TEXT),
         Rule(name="indicator", indicator=True, min_level=0.9, action="degrade"),
+        Rule(name="watch-new", min_level=0.6, max_account_age_s=NEW_ACCOUNT_S, action="degrade",
+             budget_requests=10, daily_budget_requests=80),
         Rule(name="watch", min_level=0.6, action="throttle"),
     ]
 
@@ -364,6 +400,14 @@ name = "indicator"
 indicator = true
 min_level = 0.9
 action = "degrade"
+
+[[policy.rules]]
+name = "watch-new"             # the watch band for an account first seen less than 6 h ago
+min_level = 0.6
+max_account_age_s = 21600.0
+action = "degrade"
+budget_requests = 10           # its own risk budget (instead of [policy.throttle]'s)
+daily_budget_requests = 80
 
 [[policy.rules]]
 name = "watch"

@@ -87,20 +87,26 @@ class _Rule:
     cluster_flagged: bool | None
     indicator: bool | None
     message: str | None
+    max_age_s: float | None = None
+    budget_requests: int | None = None
+    daily_budget_requests: int | None = None
 
     @classmethod
     def of(cls, r: Rule) -> _Rule:
         return cls(r.name, r.action, frozenset(r.tiers) if r.tiers is not None else None,
                    frozenset(r.review) if r.review is not None else None, r.min_level, r.max_level,
-                   r.cluster_flagged, r.indicator, r.message)
+                   r.cluster_flagged, r.indicator, r.message, r.max_account_age_s, r.budget_requests,
+                   r.daily_budget_requests)
 
-    def matches(self, tier: str, review: str, lvl: float, cluster_flagged: bool, indicator: bool) -> bool:
+    def matches(self, tier: str, review: str, lvl: float, cluster_flagged: bool, indicator: bool,
+                age_s: float = math.inf) -> bool:
         return ((self.tiers is None or tier in self.tiers)
                 and (self.review is None or review in self.review)
                 and (self.min_level is None or lvl >= self.min_level)
                 and (self.max_level is None or lvl < self.max_level)
                 and (self.cluster_flagged is None or cluster_flagged == self.cluster_flagged)
-                and (self.indicator is None or indicator == self.indicator))
+                and (self.indicator is None or indicator == self.indicator)
+                and (self.max_age_s is None or age_s < self.max_age_s))
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,7 @@ class RiskPolicy:
         account = ctx.account.name
         review = board.review(account)
         eff = board.effective(account)
+        age_s = board.account_age(account, ctx.ts, ctx.account.created_at, cp.config.explain_accounts)
         lvl = level(eff.risk, cp.threshold)
         matches: list[Match] = []
         if len(cp.indicators):
@@ -223,7 +230,7 @@ class RiskPolicy:
         # a person banned a linked account: the rest of its cluster is treated as near-certain
         eff_level = max(lvl, ind_level, hot_level, BANNED_PEER_LEVEL if banned_peer is not None else 0.0)
         rule = next((r for r in cp.rules if r.matches(ctx.tier, review.state, eff_level, eff.cluster_flagged,
-                                                        bool(matches))), None)
+                                                        bool(matches), age_s)), None)
         action = rule.action if rule else cp.config.default_action
         d = RiskDecision(action=action, rule=rule.name if rule else None, level=eff_level)
         r = d.reasons
@@ -246,17 +253,21 @@ class RiskPolicy:
             shown = ", ".join(hot[:3]) + (f" and {len(hot) - 3} more" if len(hot) > 3 else "")
             r.append(f"address {ctx.ip} was used by {len(hot)} flagged account{'s' if len(hot) > 1 else ''} "
                      f"({shown}): level {hot_level:.2f}")
+        if rule is not None and rule.max_age_s is not None:
+            r.append(f"account first seen {age_s / 3600:.1f} h ago (rule {rule.name!r}: younger than "
+                     f"{rule.max_age_s / 3600:g} h)")
         if rule is not None:
             r.append(f"rule {rule.name!r} -> {action} (level {eff_level:.2f})")
         if action in ("verify", "block"):
             d.message = (rule.message if rule and rule.message else
                          VERIFY_MESSAGE if action == "verify" else BLOCK_MESSAGE)
-        self._finish(cp, d, ctx, eff_level, _budget_key(account, eff))
+        self._finish(cp, d, ctx, eff_level, _budget_key(account, eff), rule)
         board.record_decision(account, _record(ctx, d, eff, review.state, matches))
         self.counts[(d.action, d.rule)] += 1
         return d
 
-    def _finish(self, cp: CompiledPolicy, d: RiskDecision, ctx: PolicyContext, lvl: float, budget_key: str) -> None:
+    def _finish(self, cp: CompiledPolicy, d: RiskDecision, ctx: PolicyContext, lvl: float, budget_key: str,
+                rule: _Rule | None = None) -> None:
         """Attach limit scale, risk budget, degrade plan and watermark for throttle / degrade."""
         if d.action in ("throttle", "degrade"):
             curve = cp.config.throttle
@@ -264,8 +275,9 @@ class RiskPolicy:
             if scale < 1.0:
                 d.limit_scale = scale
                 d.reasons.append(f"rate limits x{scale:.2f}")
-            limits = [(w, n) for w, n in ((curve.budget_window_s, curve.budget(lvl)),
-                                          (86400.0, curve.daily_budget(lvl))) if n is not None]
+            hourly = curve.budget(lvl, rule.budget_requests if rule is not None else None)
+            daily = curve.daily_budget(lvl, rule.daily_budget_requests if rule is not None else None)
+            limits = [(w, n) for w, n in ((curve.budget_window_s, hourly), (86400.0, daily)) if n is not None]
             if not limits and scale >= 1.0 and d.action == "throttle":
                 d.action = "allow"  # nothing to tighten at this level
                 d.reasons.append("throttle curve not reached: allowed")

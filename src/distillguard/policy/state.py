@@ -105,6 +105,8 @@ class RiskBoard:
         self._usage_cap = explain_accounts
         #: address -> {flagged account: last arrival time from it}
         self._hot: OrderedDict[str, dict[str, float]] = OrderedDict()
+        #: account -> arrival time of the first request this process saw from it
+        self._first_seen: OrderedDict[str, float] = OrderedDict()
 
     # ------------------------------------------------------------------ reads (request path)
     def review(self, account: str) -> Review:
@@ -316,6 +318,25 @@ class RiskBoard:
         for q in queues:
             q.append(ts)
         return used, None
+
+    # ------------------------------------------------------------------ account age (request path)
+    def account_age(self, account: str, ts: float, created_at: float | None = None, cap: int = 100_000) -> float:
+        """Seconds since the account's first request seen here (arrival-time clock), or since its
+        creation in the store when that is earlier and on the same clock (``0 < created_at <= ts``:
+        a restart does not make an old account new; an arena's simulated clock, which runs behind
+        the store's wall-clock ``created_at``, falls back to the first request seen)."""
+        first = self._first_seen.get(account)
+        if first is None:
+            first = self._first_seen[account] = ts
+            if len(self._first_seen) > cap:
+                try:
+                    self._first_seen.popitem(last=False)
+                except KeyError:
+                    pass
+        age = ts - first
+        if created_at is not None and 0 < created_at <= ts:
+            age = max(age, ts - created_at)
+        return max(0.0, age)
 
     # ------------------------------------------------------------------ flagged addresses (request path)
     def note_flagged_address(self, ip: str, account: str, ts: float, cap: int) -> None:
