@@ -123,7 +123,9 @@ def metrics(labels: dict[str, dict], scores: dict[str, float], flagged: dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=0.7, help="multiply every persona count (1.0 = 1,495 benign accounts)")
-    ap.add_argument("--tune-benign-scale", type=float, default=1.3, help="tune split benign accounts vs report")
+    ap.add_argument("--tune-benign-scale", type=float, default=3.0,
+                    help="calibration (tune split, benign only) accounts vs report: ~2,300 benign accounts, so the 0.1%% "
+                         "quantile rests on more than one or two hard benign accounts")
     ap.add_argument("--no-embeddings", action="store_true", help="skip MiniLM (topic signals off)")
     ap.add_argument("--workdir", default="/tmp/detect_bench")
     ap.add_argument("--out", default=str(ROOT / "bench/results/detect_benchmark.json"))
@@ -135,6 +137,10 @@ def main() -> None:
     ap.add_argument("--eval-split", choices=["report", "tune"], default="report",
                     help="'tune' evaluates on attack traffic built from the tune split (a development readout for "
                          "choosing settings; the report split stays unseen)")
+    ap.add_argument("--replay-repeats", type=int, default=3,
+                    help="time the replay this many times, each with a fresh detector and a cold embedding cache; "
+                         "the median is reported (the verdicts are the first run's; every run must agree)")
+    ap.add_argument("--note", default="", help="recorded with the machine facts (e.g. what else ran)")
     ap.add_argument("--embed-full-first", type=int, default=None, help="override detect.embed_full_first")
     ap.add_argument("--embed-every", type=int, default=None, help="override detect.embed_every")
     ap.add_argument("--embed-max-seq-length", type=int, default=None, help="override detect.embed_max_seq_length")
@@ -196,13 +202,25 @@ def main() -> None:
     replay_cpu = time.process_time() - cpu0
     write_verdicts(res.verdicts, work / "report_verdicts.jsonl")
     log(f"replay: {res.events:,} events in {res.seconds:.0f}s = {res.events_per_s:,.0f} events/s; {res.flagged} flagged")
+    runs = [(res.events_per_s, replay_cpu)]
+    for _ in range(args.replay_repeats - 1):
+        det_k = OnlineDetector(cfg_rep, embedder=new_embedder())
+        cpu_k = time.process_time()
+        res_k = replay(work / "report.jsonl", det_k, warn=None)
+        runs.append((res_k.events_per_s, time.process_time() - cpu_k))
+        if [x["score"] for x in res_k.verdicts] != [x["score"] for x in res.verdicts]:
+            raise SystemExit("replay is not deterministic: a repeat gave other scores")
+        log(f"replay repeat: {res_k.events_per_s:,.0f} events/s")
+        del det_k
     v = {x["account"]: x for x in res.verdicts}
     ours = metrics(labels, {a: x["score"] for a, x in v.items()}, {a: x["flagged"] for a, x in v.items()},
                    {a: x["requests_before_flag"] for a, x in v.items()}, {a: x["cluster"] for a, x in v.items()})
     members = [a for a in labels if labels[a]["group"]]
     ours["hydra"]["members_whose_own_peak_risk_stayed_below_threshold"] = sum(
         1 for a in members if det.accounts[a].peak_own < det.threshold)
-    ours["replay_events_per_s"] = res.events_per_s
+    ours["replay_events_per_s"] = float(np.median([r[0] for r in runs]))
+    ours["replay_events_per_s_runs"] = [r[0] for r in runs]
+    ours["replay_cpu_seconds_runs"] = [r[1] for r in runs]
     ours["replay_seconds"] = res.seconds
     # CPU seconds of this process (both threads): a load-independent cost. On an idle 2-core
     # machine the pipelined replay runs at up to 2x events-per-CPU-second when both threads are busy
@@ -236,7 +254,8 @@ def main() -> None:
                     "python": platform.python_version(),
                     "torch": torch.__version__, "load_average_at_end": os.getloadavg(),
                     "load_average_at_start": load_at_start,
-                    "note": "throughput depends on what else runs: see the load averages"},
+                    "note": "throughput depends on what else runs: see the load averages" + (
+                        f"; {args.note}" if args.note else "")},
         "setup": {"scale": args.scale, "seed": args.seed, "target_fpr": args.target_fpr, "eval_split": args.eval_split,
                   "embeddings": None if args.no_embeddings else "minilm-l6 (max_seq_length "
                   f"{cfg.embed_max_seq_length}, first {cfg.embed_full_first} prompts/account then 1 in {cfg.embed_every}, "

@@ -57,3 +57,22 @@ def test_prompt_overlap_sketch():
     assert len(a.prompt_sketch) == 64
     assert prompt_overlap(a.prompt_sketch, b.prompt_sketch) == 1.0
     assert prompt_overlap(a.prompt_sketch, c.prompt_sketch) == 0.0
+
+
+def test_same_public_benchmark_through_same_sdk_does_not_link():
+    """Independent researchers who run one public benchmark with its standard prompt through the
+    same SDK share template, topic and user agent, but neither infrastructure nor clock."""
+    lk = Linker(max_shared=10, min_weight=1.6, min_requests=1)
+    ra, rb = "researcher-a", "researcher-b"
+    lk.observe_template(ra, [rb], "Solve step by step: ...")
+    for a in (ra, rb):
+        lk.observe(a, "user_agent", "OpenAI/Python 1.54.0")
+    links = {ra: _links(range(0, 6), range(0, 200)), rb: _links(range(500, 506), range(150, 350))}
+    rng = np.random.default_rng(1)
+    centre = rng.standard_normal(16)
+    centroids = {ra: centre + 0.05 * rng.standard_normal(16), rb: centre + 0.05 * rng.standard_normal(16)}
+    assert lk.recompute({}, centroids, {ra: 200, rb: 200}, links) == {}
+    # the same pair run from one IP is one operator after all
+    lk.observe(ra, "ip", "203.0.113.7")
+    lk.observe(rb, "ip", "203.0.113.7")
+    assert list(lk.recompute({}, centroids, {ra: 200, rb: 200}, links).values()) == [[ra, rb]]

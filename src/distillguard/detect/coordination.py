@@ -3,7 +3,8 @@
 A "hydra" spreads one campaign over many accounts so that each stays below per-account limits and
 thresholds. The accounts still give themselves away by what they share:
 
-* infrastructure: the same IP address, or an uncommon user agent;
+* infrastructure: the same IP address; an uncommon user agent adds weight to a pair but is no
+  evidence family of its own (public SDKs and benchmark harnesses share user agents);
 * the pipeline: the same prompt template (MinHash LSH over established templates) or the same
   system prompt;
 * the data: near-identical prompt-embedding centroids (centred on the benign reference so that
@@ -35,9 +36,13 @@ WEIGHTS = {
     "split_source": 0.3,
 }
 #: independent kinds of evidence; a link needs two of them (two companies that run the same
-#: open-source prompt share content but not infrastructure or clock)
-FAMILY = {"ip": "infrastructure", "user_agent": "infrastructure", "system_prompt": "content", "template": "content",
+#: open-source prompt share content but not infrastructure or clock). A user agent adds weight but
+#: is no family of its own: independent researchers who run one public benchmark through the same
+#: SDK share template, topic *and* user agent, and are still strangers
+FAMILY = {"ip": "infrastructure", "user_agent": "client", "system_prompt": "content", "template": "content",
           "centroid": "content", "split_source": "content", "lockstep": "timing"}
+#: families that can make up the two a link needs
+LINK_FAMILIES = frozenset({"infrastructure", "content", "timing"})
 CENTROID_COS = 0.8
 LOCKSTEP_JACCARD = 0.3
 BOTTOM_K = 64
@@ -169,7 +174,7 @@ class Linker:
         parent: dict[str, str] = {}
         self.pair_evidence = {}
         for (a, b), kinds in w.items():
-            if sum(kinds.values()) < self.min_weight or len({FAMILY[k] for k in kinds}) < 2:
+            if sum(kinds.values()) < self.min_weight or len({FAMILY[k] for k in kinds} & LINK_FAMILIES) < 2:
                 continue
             if counts.get(a, 0) < 2 or counts.get(b, 0) < 2:
                 continue

@@ -114,8 +114,14 @@ def _child_main(settings_dict: dict[str, Any], q: Any) -> None:
 
 
 def _stop_when_closed(sub: _QueueSubscription, worker: Any) -> None:
+    """Stop the worker when the gateway says so, or when the gateway is gone without a word (killed,
+    crashed): an orphaned detector would otherwise run on, holding the store and a core."""
     import time
 
+    parent = mp.parent_process()
     while not sub.closed:
+        if parent is not None and not parent.is_alive():
+            log.warning("the gateway process is gone; detection stops")
+            break
         time.sleep(0.1)
     worker.stop(join_timeout=None)  # not started as a thread: this only tells run() to return
