@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--embed-full-first", type=int, default=None, help="override detect.embed_full_first")
     ap.add_argument("--embed-every", type=int, default=None, help="override detect.embed_every")
     ap.add_argument("--embed-max-seq-length", type=int, default=None, help="override detect.embed_max_seq_length")
+    ap.add_argument("--link-every-events", type=int, default=None, help="override detect.link_every_events")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -158,7 +159,7 @@ def main() -> None:
                               threads=args.embed_threads or cfg.embed_threads)
 
     cfg = DetectConfig()
-    for k in ("embed_full_first", "embed_every", "embed_max_seq_length"):
+    for k in ("embed_full_first", "embed_every", "embed_max_seq_length", "link_every_events"):
         if getattr(args, k) is not None:
             setattr(cfg, k, getattr(args, k))
     mix = Mix().scaled(args.scale)

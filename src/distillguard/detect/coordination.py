@@ -80,9 +80,12 @@ def prompt_overlap(a: list[int], b: list[int]) -> float:
     """Jaccard estimate of two accounts' prompt sets from bottom-k sketches."""
     if not a or not b:
         return 0.0
-    union = sorted(set(a) | set(b))[:BOTTOM_K]
     sa, sb = set(a), set(b)
-    return sum(1 for h in union if h in sa and h in sb) / len(union)
+    common = sa & sb
+    if not common:  # the usual case for two accounts that merely look alike: no need to merge
+        return 0.0
+    union = sorted(sa | sb)[:BOTTOM_K]
+    return sum(1 for h in union if h in common) / len(union)
 
 
 def _uf_find(parent: dict[str, str], x: str) -> str:
