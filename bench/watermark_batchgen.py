@@ -7,7 +7,9 @@ applied after the processor as in the engines), so the watermark is exactly the 
 model is SmolLM2-135M-Instruct dequantised from the served GGUF. Only the forward pass and the
 final multinomial draw use the device; the keyed processors always run in numpy on the CPU
 (rows in parallel threads: numpy releases the GIL), so a GPU run watermarks bit for bit like a
-CPU run. Finished rows leave the batch. Rows are appended to bench/cache/<out>.
+CPU run. Finished rows leave the batch. Rows are appended to bench/cache/<out> as they end, in
+batches of about ``--batch-rows`` rows (``radio``: in the training order; within a batch, and for
+``power`` overall, sorted by prompt length); a rerun resumes where a run stopped.
 
 Configs: the names of ``watermark_generate.CONFIGS`` (ours), plus ``hf_kgw_anchor``:
 transformers' built-in ``WatermarkLogitsProcessor`` (KGW, lefthash, h=1, green ratio 0.25,
@@ -19,12 +21,14 @@ Prompt sets (``--set``):
   the report split (idx >= 40) limited to ``--chat``, plus with ``--tune`` the tuning split, and
   ``--gsm8k`` GSM8K questions (gsm8k_train shuffled with seed 99, the first N).
 * ``radio``: the radioactivity training prompts (watermark_common.radioactivity_prompts), the
-  first ``--chat`` of them.
+  first ``--chat`` of them (of at most ``--max-prompt-tokens``); with ``--control-first N`` the
+  ``none`` config only for the first N of their training order (watermark_common.radio_order).
 
     nice -n 10 .venv/bin/python bench/watermark_batchgen.py --set power --chat 240 --tune --gsm8k 100 \
         --configs none,gumbel1,kgw_anchor,hf_kgw_anchor
     nice -n 10 .venv/bin/python bench/watermark_batchgen.py --set radio --chat 1000 --max-tokens 128 \
-        --configs none,gumbel1 --out wm_radio.jsonl
+        --max-prompt-tokens 200 --configs none,gumbel1_skip --out wm_radio.jsonl --batch-rows 64 \
+        --control-first 500
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from watermark_common import (  # noqa: E402
-    BENCH_SECRET, DATASETS, TUNE_N, append_cache, chat_prompts, radioactivity_prompts, read_cache,
+    BENCH_SECRET, DATASETS, TUNE_N, append_cache, chat_prompts, radio_order, radioactivity_prompts, read_cache,
 )
 from watermark_generate import CONFIGS  # noqa: E402
 from watermark_power import hf_anchor, load_model  # noqa: E402
@@ -193,6 +197,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=min(16, os.cpu_count() or 2))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-rows", type=int, default=64, help="rows per batch (0: all in one batch)")
+    ap.add_argument("--control-first", type=int, default=0,
+                    help="radio: config 'none' only for the first N prompts of watermark_common.radio_order "
+                         "(the control student's prompts); 0: all")
     a = ap.parse_args()
 
     import torch
@@ -223,8 +231,11 @@ def main() -> None:
     else:
         pool_ = radioactivity_prompts()
         chosen = [i for i in range(len(pool_)) if fits(pool_[i][1])][: a.chat]
+        first = set(radio_order(chosen)[: a.control_first]) if a.control_first else set(chosen)
         for name in names:
             for i in chosen:
+                if name == "none" and i not in first:
+                    continue
                 jobs.append(("radio", i, name, pool_[i][1], pool_[i][0]))
     jobs = [j for j in jobs if (j[0], j[1], j[2]) not in done]
     if not jobs:
@@ -248,9 +259,48 @@ def main() -> None:
                              "temperature": T, "max_tokens": a.max_tokens})
 
     t0, c0 = time.time(), time.process_time()
-    gen = generate_batch(model, tok, [j[3] for j in jobs], procs, temperature=T, max_tokens=a.max_tokens,
-                         device=a.device, threads=a.threads, seed=a.seed, post_temperature=post, on_finish=finish)
-    print(f"done: {len(jobs)} answers, {sum(len(x) for x in gen)} tokens in {time.time() - t0:.0f}s wall, "
+    # Batches of about --batch-rows rows; within a batch, jobs are sorted by prompt length (then
+    # prompt, so the configs of one prompt share its prefill): left padding stays small. Every row is
+    # appended to the cache as soon as it ends and a rerun skips cached rows, so an interruption
+    # loses at most the unfinished rows of the current batch. Each batch draws from its own seed
+    # (--seed + batch number): the batches of a resumed run are not the same as an uninterrupted
+    # run's, which only matters for bit-for-bit reproduction.
+    lengths = {p: len(chat_ids(tok, p)) for p in {j[3] for j in jobs}}
+    size = a.batch_rows if a.batch_rows > 0 else len(jobs)
+    if a.set == "radio":
+        # in the training order (watermark_common.radio_order), a batch = the next prompts of that
+        # order (both configs of a prompt in the same batch): a run cut short leaves exactly the
+        # first K prompts of the order; within a batch, sorted by prompt length
+        rank = {i: r for r, i in enumerate(radio_order(chosen))}
+        by_rank = sorted(range(len(jobs)), key=lambda k: (rank[jobs[k][1]], k))
+        batches, cur, cur_rank = [], [], None
+        for k in by_rank:
+            if cur and len(cur) >= size and rank[jobs[k][1]] != cur_rank:
+                batches.append(cur)
+                cur = []
+            cur.append(k)
+            cur_rank = rank[jobs[k][1]]
+        batches.append(cur)
+        batches = [sorted(bt, key=lambda k: (lengths[jobs[k][3]], jobs[k][3], k)) for bt in batches if bt]
+    else:
+        order = sorted(range(len(jobs)), key=lambda k: (lengths[jobs[k][3]], jobs[k][3], k))
+        batches = [order[b : b + size] for b in range(0, len(order), size)]
+    total, done_rows = 0, 0
+    for bno, ks in enumerate(batches):
+
+        def finish_k(r: int, ids: list[int], reason: str, nll: list[float], ks: list[int] = ks) -> None:
+            finish(ks[r], ids, reason, nll)
+
+        gen = generate_batch(model, tok, [jobs[k][3] for k in ks], [procs[k] for k in ks], temperature=T,
+                             max_tokens=a.max_tokens, device=a.device, threads=a.threads, seed=a.seed + bno,
+                             post_temperature=None if post is None else [post[k] for k in ks], on_finish=finish_k,
+                             progress_every=0)
+        total += sum(len(x) for x in gen)
+        done_rows += len(ks)
+        print(f"batch {bno + 1}/{len(batches)}: {done_rows}/{len(jobs)} answers, "
+              f"{total} tokens, {time.time() - t0:.0f}s wall, {time.process_time() - c0:.0f}s CPU, "
+              f"{total / (time.time() - t0):.1f} tok/s", flush=True)
+    print(f"done: {len(jobs)} answers, {total} tokens in {time.time() - t0:.0f}s wall, "
           f"{time.process_time() - c0:.0f}s CPU")
 
 

@@ -7,6 +7,7 @@ are the report split. Generated answers are cached under bench/cache/ and reused
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -57,6 +58,17 @@ def radioactivity_prompts() -> list[tuple[str, str]]:
         out.append(("nq_open", q_nq[:1].upper() + q_nq[1:] + "?"))
         out.append(("gsm8k", q_gsm))
     return out
+
+
+def radio_order(idxs: list[int]) -> list[int]:
+    """The fixed training order of the radioactivity prompts: ``idxs`` sorted by a hash of the index.
+
+    A pseudo-random order that is the same for any subset (the order of a subset is the full
+    order restricted to it), so a generation run cut short leaves exactly "the first K" prompts
+    cached. "The first N" radioactivity answers are the first N of this order
+    (watermark_batchgen.py generates in this order; watermark_radioactivity.py trains in it).
+    """
+    return sorted(set(idxs), key=lambda i: hashlib.sha256(f"radio-order-{int(i)}".encode()).digest())
 
 
 def machine() -> dict:

@@ -3,24 +3,37 @@
 1. Training data: SmolLM2 answers to the radioactivity prompts (watermark_common.radioactivity_prompts:
    chat sets, natural questions, GSM8K), generated once by watermark_batchgen.py ``--set radio``
    at temperature 0.7 with up to 128 new tokens, watermarked (``--wm-config``, default our
-   default scheme) and unwatermarked (``none``) on the same prompts, cached in bench/cache.
+   default scheme ``gumbel1_skip``) and unwatermarked (``none``) on the same prompts, cached in
+   bench/cache.
 2. Students: SmolLM2-135M with every other decoder layer dropped (keep 15 of 30), plain SFT
-   (loss on answer tokens only). One separate run per N in ``--ns`` on the first N watermarked
-   answers (a student for N = 250 saw 250 answers and nothing else), and one control run on the
-   ``--control-n`` unwatermarked answers of the same prompts. Same epochs, learning rate and
-   batch for every run, chosen before any result was seen.
+   (loss on answer tokens only). To fit a 2-core CPU budget there is ONE training run over the
+   watermarked answers, not one per N: the cached prompts are put in a fixed order (shuffled
+   once with seed 0), the student makes a single pass (1 epoch, constant learning rate, fixed
+   batches) over the first max(--ns) of them, and it is audited in place after exactly 250, 500,
+   1000 (``--ns``) examples. The N = 250 snapshot has seen the first 250 answers of that order
+   once and nothing else: the same student a separate 1-epoch run on those 250 answers would
+   give. (N must be a multiple of the batch size.) The control student is trained the same way
+   (same order, learning rate, batch, one pass) on the unwatermarked answers of the first
+   ``--control-n`` prompts (fewer than max(N) where the CPU budget is short), with snapshots at
+   the N below control-n (reading mode only). Learning rate, batch and epochs were fixed before
+   any result was seen. ``--epochs`` > 1 keeps the old design: one separate run per N (and for
+   the control), reshuffled every epoch, no snapshots.
 3. Audits with the bench key:
-   * open weights (reading mode): each student reads the watermarked texts it would have been
-     trained on (the first N; the control reads the first control-n watermarked texts, which it
-     never saw); so does the untouched base model that generated them (never trained on them);
-   * black box: the student answers ``--blackbox-prompts`` of the training prompts (temperature
-     0.7, 128 tokens), its answers are scored with deduplication.
+   * open weights (reading mode): each snapshot reads the watermarked texts it was trained on
+     (the first N of the order); the control reads the watermarked texts of its own prompts
+     (which it never saw; it saw the unwatermarked answers to the same prompts); so does the
+     untouched base model that generated them (never trained on them; the first ``--base-read``);
+   * black box: the model answers the first ``--blackbox-prompts`` prompts of the order (all
+     of them seen by every snapshot; temperature 0.7, 128 tokens), its answers are scored with
+     deduplication.
    Each audit also reports the same tuples scored under 5 random keys (what an unrelated key says).
-Wall and CPU time of every stage are recorded, with the device it ran on.
+Wall and CPU time of every stage (training segment, each audit) are recorded, with the device.
 
     nice -n 10 .venv/bin/python bench/watermark_batchgen.py --set radio --chat 1000 --max-tokens 128 \
-        --configs none,gumbel1 --out wm_radio.jsonl
-    nice -n 10 .venv/bin/python bench/watermark_radioactivity.py --ns 250,500,1000 --epochs 2
+        --max-prompt-tokens 200 --configs none,gumbel1_skip --out wm_radio.jsonl --batch-rows 64 \
+        --control-first 500
+    nice -n 10 .venv/bin/python bench/watermark_radioactivity.py --ns 250,500,1000 --epochs 1 \
+        --control-n 500 --base-read 500 --blackbox-prompts 50
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from watermark_common import BENCH_SECRET, CACHE, read_cache, write_result  # noqa: E402
+from watermark_common import BENCH_SECRET, CACHE, radio_order, read_cache, write_result  # noqa: E402
 from watermark_generate import CONFIGS  # noqa: E402
 
 from distillguard.watermark.audit import Example, audit_answers, audit_loaded_model  # noqa: E402
@@ -58,8 +71,15 @@ def layer_dropped_student(src: Path, out: Path, keep_every: int = 2) -> Path:
     return out
 
 
-def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr: float, batch: int, device: str):
-    """Plain SFT (loss on the answer tokens only); returns (model, tokenizer, stats)."""
+def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr: float, batch: int, device: str,
+        *, shuffle: bool = True, checkpoints: list[int] | None = None, on_checkpoint=None):
+    """Plain SFT (loss on the answer tokens only); returns (model, tokenizer, stats).
+
+    ``shuffle``: reshuffle the examples every epoch (seed 0); otherwise they are seen in the given
+    order. ``on_checkpoint(model, tok, n, stats)`` is called after exactly n examples for each n in
+    ``checkpoints`` (multiples of ``batch``), with the model in eval mode; the time it takes is not
+    counted as training time.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,11 +93,26 @@ def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr
         p = tok(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                         tokenize=False), add_special_tokens=False)["input_ids"][-256:]
         examples.append((p, list(ans) + ([end] if stopped else [])))  # answers cut at 128 tokens get no end
+    checkpoints = sorted(set(checkpoints or []))
+    for c in checkpoints:
+        if c % batch or c > len(examples) * epochs:
+            raise SystemExit(f"checkpoint {c} is not a multiple of the batch {batch} within the run")
     rnd = random.Random(0)
-    steps, tokens, answer_tokens = 0, 0, 0
+    steps, tokens, answer_tokens, seen = 0, 0, 0, 0
+    train_wall, train_cpu, seg_losses = 0.0, 0.0, []
     t_wall, t_cpu = time.time(), time.process_time()
-    order = [i for _ in range(epochs) for i in rnd.sample(range(len(examples)), len(examples))]
+    if shuffle:
+        order = [i for _ in range(epochs) for i in rnd.sample(range(len(examples)), len(examples))]
+    else:
+        order = [i for _ in range(epochs) for i in range(len(examples))]
     loss = torch.tensor(float("nan"))
+
+    def stats() -> dict:
+        return {"examples": len(examples), "examples_seen": seen, "epochs": epochs, "lr": lr, "batch": batch,
+                "shuffle": shuffle, "steps": steps, "tokens": tokens, "answer_tokens": answer_tokens,
+                "final_loss": loss.item(), "wall_s": train_wall, "cpu_s": train_cpu,
+                "tokens_per_s_wall": tokens / max(train_wall, 1e-9), "device": device}
+
     for b in range(0, len(order), batch):
         chunk = [examples[i] for i in order[b : b + batch]]
         L = max(len(p) + len(a) for p, a in chunk)
@@ -94,16 +129,29 @@ def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr
         opt.step()
         opt.zero_grad()
         steps += 1
+        seen += len(chunk)
         tokens += int(attn.sum())
         answer_tokens += int((labels != -100).sum())
+        seg_losses.append(loss.item())
+        if seen in checkpoints and on_checkpoint is not None:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            train_wall += time.time() - t_wall
+            train_cpu += time.process_time() - t_cpu
+            st = stats() | {"mean_loss_since_last_checkpoint": sum(seg_losses) / len(seg_losses)}
+            seg_losses = []
+            print(f"checkpoint after {seen} examples: {st['tokens']} tokens, train {train_wall:.0f}s wall "
+                  f"{train_cpu:.0f}s CPU, loss {st['mean_loss_since_last_checkpoint']:.3f}", flush=True)
+            model.eval()
+            on_checkpoint(model, tok, seen, st)
+            model.train()
+            t_wall, t_cpu = time.time(), time.process_time()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     model.eval()
-    wall = time.time() - t_wall
-    return model, tok, {"examples": len(examples), "epochs": epochs, "lr": lr, "batch": batch, "steps": steps,
-                        "tokens": tokens, "answer_tokens": answer_tokens, "final_loss": loss.item(),
-                        "wall_s": wall, "cpu_s": time.process_time() - t_cpu, "tokens_per_s_wall": tokens / wall,
-                        "device": device}
+    train_wall += time.time() - t_wall
+    train_cpu += time.process_time() - t_cpu
+    return model, tok, stats()
 
 
 class _Tok:
@@ -119,21 +167,27 @@ class _Tok:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ns", default="250,500,1000", help="watermarked training-set sizes, one student each")
-    ap.add_argument("--control-n", type=int, default=1000)
+    ap.add_argument("--ns", default="250,500,1000", help="watermarked training-set sizes (snapshots of one run)")
+    ap.add_argument("--control-n", type=int, default=1000, help="control answers (0: no control)")
     ap.add_argument("--cache", default="wm_radio.jsonl")
     ap.add_argument("--tasks", default="radio",
-                    help="cached tasks to train on: radio (the dedicated set), or e.g. chat,gsm8k to reuse the "
-                         "power / GSM8K answers (cut to 128 tokens)")
-    ap.add_argument("--wm-config", default="gumbel1")
-    ap.add_argument("--epochs", type=int, default=2)
+                    help="the cached task to train on: radio (the dedicated set), or e.g. chat to reuse the "
+                         "power answers (cut to 128 tokens)")
+    ap.add_argument("--wm-config", default="gumbel1_skip")
+    ap.add_argument("--epochs", type=int, default=1,
+                    help="1: one pass with in-place snapshots at each N; more: one separate run per N")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--blackbox-prompts", type=int, default=100)
+    ap.add_argument("--blackbox-prompts", type=int, default=50)
+    ap.add_argument("--save-students", action="store_true",
+                    help="keep the final watermarked and control students in bench/cache/radioactivity")
     ap.add_argument("--no-base", action="store_true", help="skip auditing the untouched base model")
+    ap.add_argument("--base-read", type=int, default=0,
+                    help="watermarked texts the base model reads (the first N of the order; 0: max(ns))")
     ap.add_argument("--filter-seen", action="store_true", help="also the reading audit restricted to seen windows")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default="watermark_radioactivity")
+    ap.add_argument("--note", default="", help="recorded in the result (e.g. why a run is smaller than planned)")
     a = ap.parse_args()
 
     import torch
@@ -147,11 +201,19 @@ def main() -> None:
     by: dict[tuple[int, int], dict[str, dict]] = {}
     for r in rows:
         by.setdefault((tasks.index(r["task"]), r["idx"]), {})[r["config"]] = r
-    idxs = sorted(i for i, d in by.items() if a.wm_config in d and "none" in d)
-    ns = [int(x) for x in a.ns.split(",")]
-    if len(idxs) < max(ns + [a.control_n]):
-        raise SystemExit(f"only {len(idxs)} prompts have both configs cached in {a.cache}; "
+    if len(tasks) != 1:  # radio_order shuffles prompt indices of one task
+        raise SystemExit("--tasks: give exactly one task")
+    idxs = sorted(i for i, d in by.items() if a.wm_config in d)
+    order = [(0, i) for i in radio_order([i for _, i in idxs])]
+    ns = sorted(int(x) for x in a.ns.split(","))
+    single_pass = a.epochs == 1
+    if len(idxs) < max(ns):
+        raise SystemExit(f"only {len(idxs)} prompts have {a.wm_config} cached in {a.cache}; "
                          f"generate more with watermark_batchgen.py --set radio")
+    missing = [i for i in order[: a.control_n] if "none" not in by[i]]
+    if missing:
+        raise SystemExit(f"{len(missing)} of the first {a.control_n} prompts have no 'none' answer in {a.cache}: "
+                         f"generate them (watermark_batchgen.py --control-first {a.control_n}) or lower --control-n")
     params = CONFIGS[a.wm_config]
     ring = KeyRing.from_secret(BENCH_SECRET)
     base_model, base_tok = load_model(a.device)
@@ -166,12 +228,12 @@ def main() -> None:
         # the answer as trained on: at most 128 tokens
         return [Example(prompt=[{"role": "user", "content": by[i][cfg]["prompt"]}],
                         answer=base_tok.decode(by[i][cfg]["token_ids"][:128], skip_special_tokens=True))
-                for i in idxs[:n]]
+                for i in order[:n]]
 
     def answer_tokens(cfg: str, n: int) -> int:
-        return sum(len(by[i][cfg]["token_ids"][:128]) for i in idxs[:n])
+        return sum(len(by[i][cfg]["token_ids"][:128]) for i in order[:n])
 
-    def audits(model, tok, label: str, n_read: int) -> dict:
+    def audits(model, tok, label: str, n_read: int, blackbox: bool = True) -> dict:
         out = {}
         wm_ex = examples(a.wm_config, n_read)
         t_w, t_c = time.time(), time.process_time()
@@ -183,6 +245,9 @@ def main() -> None:
             ow_f = audit_loaded_model(model, tok, wm_ex, params, ring, suspect=label, reference_tokenizer=ref_tok,
                                       control_keys=5, progress=False, filter_seen=True)
             out["open_weights_filter_seen"] = {"p_value": ow_f.p_value, "tuples_scored": ow_f.tuples_scored}
+        if not blackbox or a.blackbox_prompts <= 0:
+            print(f"{label}: open-weights p = {ow.p_value:.3g} ({ow.tuples_scored} tuples)", flush=True)
+            return out
         bb_ex = wm_ex[: a.blackbox_prompts]
         t_w, t_c = time.time(), time.process_time()
         gen = generate_batch(model, tok, [e.prompt[0]["content"] for e in bb_ex], [None] * len(bb_ex),
@@ -202,27 +267,68 @@ def main() -> None:
             "data": f"{a.cache} tasks {a.tasks}: SmolLM2 answers at temperature 0.7, cut to <= 128 tokens, "
                     "generated once and reused (radio = watermark_common.radioactivity_prompts(); chat/gsm8k = "
                     "the power and GSM8K runs' answers)",
+            "order": "the cached prompts with a watermarked answer, in watermark_common.radio_order (shuffled "
+                     "once with random.Random(0)); 'the first N' means the first N of this order",
+            "training": ("ONE pass (1 epoch, fixed order, constant lr) over the first max(ns) watermarked answers; "
+                         "each N is an in-place snapshot after exactly N examples, so the N snapshot has seen the "
+                         "first N answers once and nothing else. The control is trained the same way on the "
+                         "unwatermarked answers of the first control_n prompts") if single_pass else
+                        "one separate run per N (and for the control), reshuffled every epoch",
             "wm_config": a.wm_config, "params": params.describe(), "device": a.device,
             "epochs": a.epochs, "lr": a.lr, "batch": a.batch, "blackbox_prompts": a.blackbox_prompts,
+            "ns": ns, "control_n": a.control_n, "prompts_available": len(idxs),
+            "base_read": a.base_read or max(ns), "note": a.note,
         },
         "students": {},
     }
-    runs = [(f"watermarked_n{n}", a.wm_config, n) for n in ns] + [(f"control_n{a.control_n}", "none", a.control_n)]
-    for label, cfg, n in runs:
-        pairs = [(by[i][cfg]["prompt"], by[i][cfg]["token_ids"][:128],
-                  by[i][cfg]["finish_reason"] == "stop" and len(by[i][cfg]["token_ids"]) <= 128) for i in idxs[:n]]
-        model, tok, train = sft(init, pairs, a.epochs, a.lr, a.batch, a.device)
-        train["training_answer_tokens"] = answer_tokens(cfg, n)
-        result["students"][label] = {"config": cfg, "n": n, "train": train} | audits(model, tok, label, n)
-        del model
+
+    def pairs_of(cfg: str, n: int) -> list[tuple[str, list[int], bool]]:
+        return [(by[i][cfg]["prompt"], by[i][cfg]["token_ids"][:128],
+                 by[i][cfg]["finish_reason"] == "stop" and len(by[i][cfg]["token_ids"]) <= 128) for i in order[:n]]
+
+    def record(label: str, cfg: str, n: int, train: dict, model, tok, blackbox: bool = True) -> None:
+        train = train | {"training_answer_tokens": answer_tokens(cfg, n)}
+        result["students"][label] = {"config": cfg, "n": n, "train": train} | audits(model, tok, label, n, blackbox)
         write_result(a.name, result | {"partial": True})  # a run cut short keeps what it measured
+
+    t_stage = time.time(), time.process_time()
+    if single_pass:
+        def wm_checkpoint(model, tok, n, st):
+            record(f"watermarked_n{n}", a.wm_config, n, st, model, tok)
+
+        model, tok, _ = sft(init, pairs_of(a.wm_config, max(ns)), 1, a.lr, a.batch, a.device, shuffle=False,
+                            checkpoints=ns, on_checkpoint=wm_checkpoint)
+        if a.save_students:
+            model.save_pretrained(work / "student_watermarked"), tok.save_pretrained(work / "student_watermarked")
+        del model
+        cn = a.control_n
+        ctrl_points = sorted({n for n in ns if n < cn} | {cn})
+
+        def ctrl_checkpoint(model, tok, n, st):  # black box only for the final control
+            record(f"control_n{n}", "none", n, st, model, tok, blackbox=n == cn)
+
+        if cn > 0:
+            model, tok, _ = sft(init, pairs_of("none", cn), 1, a.lr, a.batch, a.device, shuffle=False,
+                                checkpoints=ctrl_points, on_checkpoint=ctrl_checkpoint)
+            if a.save_students:
+                model.save_pretrained(work / "student_control"), tok.save_pretrained(work / "student_control")
+            del model
+    else:
+        runs = [(f"watermarked_n{n}", a.wm_config, n) for n in ns] + [(f"control_n{a.control_n}", "none", a.control_n)]
+        for label, cfg, n in runs:
+            model, tok, train = sft(init, pairs_of(cfg, n), a.epochs, a.lr, a.batch, a.device)
+            record(label, cfg, n, train, model, tok)
+            del model
+    result["students_stage"] = {"wall_s": time.time() - t_stage[0], "cpu_s": time.process_time() - t_stage[1],
+                                "note": "training and every audit of the students"}
     if not a.no_base:
         result["base_model_never_trained"] = audits(base_model, base_tok, "base SmolLM2 (generated the texts)",
-                                                    max(ns))
-    p1000 = result["students"].get("watermarked_n1000", {}).get("open_weights", {}).get("p_value")
-    pc = result["students"][f"control_n{a.control_n}"]["open_weights"]["p_value"]
-    result["goals"] = {"open_weights_p_at_n1000<=1e-6": None if p1000 is None else p1000 <= 1e-6,
-                       "control_p>0.01": pc > 0.01}
+                                                    a.base_read or max(ns), True)
+    p_max = result["students"].get(f"watermarked_n{max(ns)}", {}).get("open_weights", {}).get("p_value")
+    ctrl = result["students"].get(f"control_n{a.control_n}")
+    pc = ctrl["open_weights"]["p_value"] if ctrl else None
+    result["goals"] = {f"open_weights_p_at_n{max(ns)}<=1e-6": None if p_max is None else p_max <= 1e-6,
+                       f"control_n{a.control_n}_open_weights_p>0.01": None if pc is None else pc > 0.01}
     print("wrote", write_result(a.name, result))
 
 
