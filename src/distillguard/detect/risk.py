@@ -94,6 +94,6 @@ def combine(signals: list[Signal], weights: RiskWeights, n: float, n0: float,
         return risk, signals
     vals[EXTRACTION] = ext
     pattern = Signal(EXTRACTION, ext, f"intent {intent:.2f} (reasoning, data generation or harvesting) x new-content "
-                                      f"coverage {coverage:.2f} x sustained activity {sustain:.2f}" if detail else "")
+                                      f"coverage {coverage:.2f} x sustained activity {sustain:.2f}")
     ordered = sorted([*signals, pattern], key=lambda s: -w.get(s.name, 1.0) * vals[s.name])
     return risk, ordered
