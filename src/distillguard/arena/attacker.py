@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
+from distillguard import jsonl
 from distillguard.arena.scenario import Scenario
 from distillguard.arena.server import ArenaServer
 
@@ -125,14 +126,14 @@ def _control_student(sc: Scenario, root: Path, dataset: Path, model_path: Path |
 
     prompts = root / "control_prompts.jsonl"
     with open(prompts, "w", encoding="utf-8") as fh:
-        for line in dataset.read_text(encoding="utf-8").splitlines():
+        for line in jsonl.lines(dataset.read_text(encoding="utf-8")):
             r = json.loads(line)
             if len(r["messages"]) == 1:
                 fh.write(json.dumps({"prompt": r["messages"][0]["content"]}) + "\n")
     cfg = distill_config(sc, root / "control", root / "control" / "teacher.jsonl", model_path, "control")
     data = cfg.model_dump()
     data["collect"].update(sources=[PromptSource(path=prompts, field="prompt").model_dump()],
-                           max_tokens=max(r["completion_tokens"] for r in map(json.loads, dataset.read_text().splitlines())),
+                           max_tokens=max(r["completion_tokens"] for r in jsonl.loads(dataset.read_text(encoding="utf-8"))),
                            temperature=0.7)
     from distillguard.distill.config import DistillConfig
 

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from distillguard import jsonl
 from distillguard.arena.scenario import PersonaSpec, Scenario
 from distillguard.detect import traffic as tr
 
@@ -40,7 +41,7 @@ class Corpora:
         if not p.is_file():
             raise ValueError(f"corpus {name!r} is neither general/maths/coding/instructions nor a JSONL file")
         out = []
-        for line in p.read_text(encoding="utf-8").splitlines():
+        for line in jsonl.lines(p.read_text(encoding="utf-8")):
             if line.strip():
                 row = json.loads(line)
                 out.append(next(str(row[k]) for k in ("prompt", "question", "instruction", "text") if k in row))
@@ -51,7 +52,7 @@ class Corpora:
 
 def _data_rows(name: str) -> list[dict[str, Any]]:
     text = resources.files("distillguard.data").joinpath(name).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return jsonl.loads(text)
 
 
 def builtin_corpora() -> Corpora:

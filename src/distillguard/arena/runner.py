@@ -109,7 +109,15 @@ def run_arena(sc: Scenario, out: Path, console: Console | None = None) -> dict[s
         stage("attacker trains a student on what it collected", console)
         from distillguard.arena.attacker import train_and_audit
 
-        student = train_and_audit(sc, out, server, traffic.collected, model_path, console)
+        try:
+            student = train_and_audit(sc, out, server, traffic.collected, model_path, console)
+        except Exception as exc:  # noqa: BLE001 - the traffic, detection and watermark results are kept
+            import traceback
+
+            (out / "student_error.txt").write_text(traceback.format_exc())
+            console.print(f"[red]the attacker's student failed: {type(exc).__name__}: {exc}[/] "
+                          f"(traceback in {out / 'student_error.txt'}); the report goes on without it")
+            student = {"error": f"{type(exc).__name__}: {exc}"[:400]}
 
     stage("topic map and report", console)
     from distillguard.arena.report import topic_map, write_report

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from distillguard import jsonl
+
 BUILTIN = "detect_reference_prompts.jsonl"
 
 
 def builtin_reference_prompts() -> list[str]:
     text = (Path(__file__).resolve().parent.parent / "data" / BUILTIN).read_text(encoding="utf-8")
-    return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
+    return [row["prompt"] for row in jsonl.loads(text)]
 
 
 def load_calibration(path: Path | str) -> dict:

@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from distillguard import jsonl
 from distillguard.distill.config import DistillConfig
 from distillguard.distill.prompts import PromptItem, is_heldout, read_all
 from distillguard.distill.teachers import Teacher, TeacherError, build_teacher
@@ -54,7 +55,7 @@ def load_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
                 fh.truncate(cut)
         raw = raw[:cut]
     records = []
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(jsonl.lines(raw.decode("utf-8")), start=1):
         if not line.strip():
             continue
         try:

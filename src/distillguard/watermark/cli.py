@@ -12,6 +12,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from distillguard import jsonl
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -89,7 +91,7 @@ def detect(
         else:
             from distillguard.events import read_events
 
-            texts = [ev.response.text for ev in read_events(raw.splitlines()) if ev.response and ev.response.text]
+            texts = [ev.response.text for ev in read_events(jsonl.lines(raw)) if ev.response and ev.response.text]
             if not texts:
                 raise _fail("no events with a response text in the input")
             per_text = []
