@@ -14,8 +14,12 @@ from typing import Any
 
 
 def lines(text: str) -> Iterator[str]:
-    """The lines of a JSONL text (``\\r\\n`` endings tolerated), without their line ends."""
-    for line in text.split("\n"):
+    """The lines of a JSONL text (``\\r\\n`` endings tolerated), without their line ends; like
+    iterating over a file, no empty line after the last newline."""
+    parts = text.split("\n")
+    if parts and parts[-1] == "":
+        parts.pop()
+    for line in parts:
         yield line[:-1] if line.endswith("\r") else line
 
 

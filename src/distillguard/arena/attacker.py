@@ -117,6 +117,16 @@ def _audit(sc: Scenario, server: ArenaServer, collected: dict[str, list[dict[str
     return out
 
 
+def control_prompts(dataset: Path, out: Path) -> Path:
+    """The single-turn prompts of the attacker's dataset, as a prompt file for the control
+    student's teacher (the same questions, answered without a watermark)."""
+    with open(out, "w", encoding="utf-8") as fh:
+        for r in jsonl.loads(dataset.read_text(encoding="utf-8")):
+            if len(r["messages"]) == 1:
+                fh.write(json.dumps({"prompt": r["messages"][0]["content"]}, ensure_ascii=False) + "\n")
+    return out
+
+
 def _control_student(sc: Scenario, root: Path, dataset: Path, model_path: Path | None, console: Console) -> Path | None:
     """Same prompts, answered by the same model with no watermark (local engine, greedy off),
     same training: the student an audit must NOT flag."""
@@ -124,12 +134,7 @@ def _control_student(sc: Scenario, root: Path, dataset: Path, model_path: Path |
     from distillguard.distill.config import PromptSource
     from distillguard.distill.train import train
 
-    prompts = root / "control_prompts.jsonl"
-    with open(prompts, "w", encoding="utf-8") as fh:
-        for line in jsonl.lines(dataset.read_text(encoding="utf-8")):
-            r = json.loads(line)
-            if len(r["messages"]) == 1:
-                fh.write(json.dumps({"prompt": r["messages"][0]["content"]}) + "\n")
+    prompts = control_prompts(dataset, root / "control_prompts.jsonl")
     cfg = distill_config(sc, root / "control", root / "control" / "teacher.jsonl", model_path, "control")
     data = cfg.model_dump()
     data["collect"].update(sources=[PromptSource(path=prompts, field="prompt").model_dump()],
