@@ -1,7 +1,8 @@
 """Policy simulation: what the risk policy costs legitimate customers and what it leaves attackers.
 
     nice -n 10 .venv/bin/python bench/policy_simulation.py [--scale 1.0] [--no-embeddings] \
-        [--save-trace T.pkl.gz | --from-trace T.pkl.gz] [--policy POLICY.toml]
+        [--save-trace T.pkl.gz | --from-trace T.pkl.gz] [--policy POLICY.toml] \
+        [--split report|tune|tune-attack] [--embed-cache bench/cache/emb.npz] [--cohort-min-accounts N]
 
 Detection does not depend on the policy here (every request, refused or not, is an event the
 detector sees), so the expensive part (MiniLM embeddings, linking) can run once with
@@ -41,6 +42,16 @@ calibration and a fingerprint of the replayed events (rebuilt from the same seed
      detector updates in the same pass (``session1_policy_same_run``), for a same-run ratio; so do
      the previous defaults (without the ``watch-new`` rule: ``previous_defaults_same_run``) when
      the run uses the default policy.
+
+Board updates after each batch cover the accounts the batch touched *and* those a relink changed
+(``process_batch``'s return, as the detection worker passes it on): before session 4 only the
+batch's own accounts were updated, so a member that sent nothing in the batch in which its cluster
+was linked or flagged kept its old record until its next batch (hydra numbers were pessimistic).
+
+``--cohort-min-accounts 0`` replays the detector without sybil cohorts (the detector before them),
+``--embed-cache F`` keeps MiniLM vectors between runs (re-recording a trace after a detector change
+then costs the sketch updates only), and the default policy is also replayed without template
+inheritance (``no_template_inheritance_same_run``).
 
 ``--split tune-attack`` replays the tune split's benign accounts (event for event the same as
 ``--split tune``) plus attackers drawn from the tune halves of the corpora: attacker-side settings
@@ -144,13 +155,18 @@ class Sim:
         self.actions: dict[str, dict[str, int]] = {"benign": defaultdict(int), "attack": defaultdict(int)}
         self.first_restricted: dict[str, int] = {}
         self.decide_us: list[float] = []
+        #: the same in this thread's CPU time (wall time on a busy machine includes time the
+        #: process waited for a core)
+        self.decide_cpu_us: list[float] = []
         self.reasons_example: dict[str, list[str]] = {}
 
     def step(self, ctx: Any, acct: str, side: str, n_seen: int, tokens: int, budget_tokens: int,
              ids: tuple[str, str], base_ok: bool) -> float:
+        c1 = time.thread_time_ns()
         t1 = time.perf_counter()
         d = self.policy.decide(ctx)
         self.decide_us.append((time.perf_counter() - t1) * 1e6)
+        self.decide_cpu_us.append((time.thread_time_ns() - c1) / 1e3)
         refused_budget = d.retry_after_s is not None
         act = "throttle-429" if refused_budget else d.action
         self.actions[side][act] += 1
@@ -260,6 +276,9 @@ class Sim:
             "actions": {side: dict(v) for side, v in self.actions.items()},
             "decide_us": {"median": statistics.median(self.decide_us),
                           "p99": sorted(self.decide_us)[int(0.99 * len(self.decide_us))]},
+            "decide_cpu_us": {"median": statistics.median(self.decide_cpu_us),
+                              "mean": statistics.fmean(self.decide_cpu_us),
+                              "p99": sorted(self.decide_cpu_us)[int(0.99 * len(self.decide_cpu_us))]},
             "example_reasons": self.reasons_example,
         }
 
@@ -267,7 +286,7 @@ class Sim:
 def session1_policy() -> Any:
     """The policy as session 1 left it (for the same-run comparison): degrade at the flag, verify
     at level 1.6, per-minute limits scaled from 0.9, no risk budget, no length cap."""
-    from distillguard.policy.config import DegradeConfig, PolicyConfig, Rule, ThrottleCurve
+    from distillguard.policy.config import DegradeConfig, PolicyConfig, Rule, TemplateInheritanceConfig, ThrottleCurve
 
     rules = [
         Rule(name="banned", review=["banned"], action="block"),
@@ -282,16 +301,28 @@ def session1_policy() -> Any:
     ]
     return PolicyConfig(rules=rules, throttle=ThrottleCurve(start=0.9, full=1.6, power=2.0, floor=0.05,
                                                             budget_requests=None),
-                        degrade=DegradeConfig(max_tokens=None))
+                        degrade=DegradeConfig(max_tokens=None),
+                        templates=TemplateInheritanceConfig(enabled=False))
 
 
 def previous_defaults_policy() -> Any:
-    """The default policy before the ``watch-new`` rule (session 3): the same rules without it, for
-    the same-run comparison (``previous_defaults_same_run``)."""
+    """The default policy before the ``watch-new`` rule (session 3): the same rules without it and
+    without template inheritance, for the same-run comparison (``previous_defaults_same_run``)."""
     from distillguard.policy.config import PolicyConfig
 
     cfg = PolicyConfig()
     cfg.rules = [r for r in cfg.rules if r.name != "watch-new"]
+    cfg.templates.enabled = False
+    return cfg
+
+
+def no_template_inheritance_policy() -> Any:
+    """The default policy without template inheritance (``policy.templates``), for the same-run
+    comparison (``no_template_inheritance_same_run``)."""
+    from distillguard.policy.config import PolicyConfig
+
+    cfg = PolicyConfig()
+    cfg.templates.enabled = False
     return cfg
 
 
@@ -340,6 +371,13 @@ def main() -> None:
                          "split), or tune-attack: the same tune-split benign accounts plus attackers drawn from the "
                          "tune halves of the corpora (to choose attacker-side settings without the report split)")
     ap.add_argument("--no-session1", action="store_true", help="skip the session-1 policy comparison")
+    ap.add_argument("--cohort-min-accounts", type=int, default=None,
+                    help="detector override: DetectConfig.cohort_min_accounts (0 = sybil cohorts off, the detector "
+                         "before cohorts, for a comparison)")
+    ap.add_argument("--embed-cache", type=Path, default=None,
+                    help="prompt-embedding cache file (bench/cache/...npz): loaded into the embedder's in-memory "
+                         "cache before the run and written back after it, so re-recording a trace after a detector "
+                         "change does not re-embed the same prompts (the vectors are the ones MiniLM gave)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "policy_simulation.json")
     args = ap.parse_args()
 
@@ -379,8 +417,13 @@ def main() -> None:
         if args.embeddings:
             from distillguard.detect.embed import MiniLMEmbedder
 
-            embedder = MiniLMEmbedder(threads=2)
+            embedder = MiniLMEmbedder(threads=2, cache_size=1_000_000)
+            if args.embed_cache is not None:
+                print(f"embedding cache: {load_embed_cache(embedder, args.embed_cache):,} vectors from "
+                      f"{args.embed_cache}", file=sys.stderr)
         cfg = DetectConfig(embeddings=args.embeddings)
+        if args.cohort_min_accounts is not None:
+            cfg = cfg.model_copy(update={"cohort_min_accounts": args.cohort_min_accounts})
         # 1. calibrate on the tune split, benign only
         if args.calibration is not None:
             cal = json.loads(args.calibration.read_text())
@@ -432,6 +475,7 @@ def main() -> None:
         sims.append(Sim("session1", session1_policy(), threshold, tier))
         if args.policy is None:
             sims.append(Sim("previous_defaults", previous_defaults_policy(), threshold, tier))
+            sims.append(Sim("no_template_inheritance", no_template_inheritance_policy(), threshold, tier))
     lim_base = WindowLimiter(tier)
     verdict_board = sims[0].board  # _verdict needs a board for its evidence cut-off
     trace_out: list[dict[str, dict[str, Any]]] = []
@@ -476,8 +520,9 @@ def main() -> None:
             if trace_in is not None:
                 records = trace_in["batches"][bi]
             else:
-                detector.process_batch(batch)
-                changed = {ev.account for ev in batch}
+                # the accounts the batch touched plus those a relink changed (a cluster's members
+                # that sent nothing in this batch), as the detection worker passes them on
+                changed = detector.process_batch(batch)
                 records = {a: verdict_board._verdict(detector, a) for a in changed if a in detector.accounts}
                 if args.save_trace is not None:
                     trace_out.append(records)
@@ -490,10 +535,14 @@ def main() -> None:
         if detector is not None:
             detector.finish()
     replay_s = time.perf_counter() - t0
+    if embedder is not None and args.embed_cache is not None:
+        print(f"embedding cache: {save_embed_cache(embedder, args.embed_cache):,} vectors -> {args.embed_cache}",
+              file=sys.stderr)
     if args.save_trace is not None and trace_in is None:
         args.save_trace.parent.mkdir(parents=True, exist_ok=True)
         meta = {"scale": args.scale, "days": args.days, "seed": args.seed, "batch": args.batch, "split": args.split,
                 "embeddings": embedder.name if embedder else None, "events": len(events),
+                "cohort_min_accounts": cfg.cohort_min_accounts,
                 "events_fingerprint": fingerprint, "git_commit": git_commit(), "detect_source_hash": detect_hash,
                 "command": " ".join([sys.executable.rsplit("/", 1)[-1]] + sys.argv),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "replay_s": round(replay_s, 1)}
@@ -520,7 +569,8 @@ def main() -> None:
                   "tune_split_benign_score_quantiles_as_levels": tune_q,
                   "detector_trace": ({"file": str(args.from_trace), **trace_in["meta"]} if trace_in else
                                      {"recorded_to": str(args.save_trace) if args.save_trace else None,
-                                      "git_commit": git_commit(), "detect_source_hash": detect_hash}),
+                                      "git_commit": git_commit(), "detect_source_hash": detect_hash,
+                                      "cohort_min_accounts": cfg.cohort_min_accounts}),
                   "policy": str(args.policy) if args.policy else "PolicyConfig() defaults",
                   "policy_config": policy_cfg.model_dump(mode="json"),
                   "limits": tier.model_dump(),
@@ -550,6 +600,10 @@ def main() -> None:
         print(f"  {k:18s} reduction {v['reduction_x']:.1f}x  restricted after {v['median_requests_before_restriction']}")
     for k, v in at["hydra_by_group"].items():
         print(f"  {k:18s} reduction {v['reduction_x']:.1f}x  restricted after {v['median_requests_before_restriction']}")
+    if "no_template_inheritance_same_run" in result:
+        s1 = result["no_template_inheritance_same_run"]
+        print(f"defaults without template inheritance, same run: benign affected {s1['legitimate']['affected_share']:.4%}; "
+              f"single {s1['attackers']['single_account']['reduction_x']:.1f}x, hydra {s1['attackers']['hydra']['reduction_x']:.1f}x")
     if "previous_defaults_same_run" in result:
         s1 = result["previous_defaults_same_run"]
         print(f"previous defaults (no watch-new rule), same run: benign affected {s1['legitimate']['affected_share']:.4%}; "
@@ -576,6 +630,36 @@ def hydra_bound(reqs: dict[str, list[tuple[float, int]]], first_flag: dict[str, 
                   "requests": len(rows), "yield_bound": kept / base if base else None,
                   "reduction_x_bound": base / kept if kept else float("inf")}
     return out
+
+
+def load_embed_cache(embedder: Any, path: Path) -> int:
+    """Pre-fill the embedder's prompt-hash cache from ``path`` (a file ``save_embed_cache`` wrote
+    with the same embedder and dtype); returns the vectors loaded (0 when the file is absent)."""
+    import numpy as np
+
+    if not path.exists():
+        return 0
+    z = np.load(path, allow_pickle=False)
+    if str(z["name"]) != f"{embedder.name}/{embedder.dtype}":
+        sys.exit(f"error: {path} holds {z['name']} embeddings; this run embeds with {embedder.name}/{embedder.dtype}")
+    keys, vecs = z["keys"], z["vecs"]
+    for k, v in zip(keys, vecs, strict=True):
+        embedder.cache.put(bytes(k), v)
+    return len(keys)
+
+
+def save_embed_cache(embedder: Any, path: Path) -> int:
+    import numpy as np
+
+    items = list(embedder.cache._d.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = (np.frombuffer(b"".join(k for k, _ in items), dtype=np.uint8).reshape(len(items), -1) if items
+            else np.zeros((0, 12), dtype=np.uint8))
+    vecs = np.stack([v for _, v in items]) if items else np.zeros((0, embedder.dim), dtype=np.float32)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, keys=keys, vecs=vecs, name=np.array(f"{embedder.name}/{embedder.dtype}"))
+    os.replace(tmp, path)
+    return len(items)
 
 
 def iter_batches_list(events: list[Any], size: int) -> Any:

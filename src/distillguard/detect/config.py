@@ -79,6 +79,19 @@ class DetectConfig(BaseModel):
     link_min_weight: float = 1.6
     #: an account needs this many requests before its centroid/timing can link it
     link_min_requests: int = 8
+    #: sybil cohorts (``coordination.CohortTracker``): this many new accounts that start sending one
+    #: template with identical parameters and client within ``cohort_gap_s`` of each other are
+    #: linked at once (0 turns cohorts off)
+    cohort_min_accounts: int = 4
+    #: an account is new for its first this many requests
+    cohort_young_requests: int = 4
+    cohort_gap_s: float = 900.0
+    #: every account is new to a detector that just started: no cohorts in its first this many
+    #: seconds of traffic (arrival time)
+    cohort_warmup_s: float = 6 * 3600.0
+    #: a cohort change relinks at once, but at most once per this many events (a relink scores
+    #: every pair; a hydra's window would otherwise relink at nearly every one of its requests)
+    cohort_relink_every_events: int = 4
     weights: RiskWeights = Field(default_factory=RiskWeights)
     #: worker: events per batch pulled from the bus
     worker_batch: int = 256

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from distillguard.detect.config import DetectConfig
-from distillguard.detect.coordination import LinkState, Linker
+from distillguard.detect.coordination import CohortTracker, LinkState, Linker
 from distillguard.detect.datagen import DataGenScorer
 from distillguard.detect.embed import Embedder
 from distillguard.detect.features import BehaviourState
@@ -106,8 +106,18 @@ class OnlineDetector:
         self.template_index = TemplateIndex(num_perm=32)
         self.linker = Linker(max_shared=cfg.link_max_shared, min_weight=cfg.link_min_weight,
                              min_requests=cfg.link_min_requests)
+        #: sybil cohorts: new accounts that start one pipeline together are linked at once (see
+        #: ``CohortTracker``, ``link_cohorts``); None when ``cohort_min_accounts`` is 0
+        self.cohorts: CohortTracker | None = (
+            CohortTracker(young_requests=cfg.cohort_young_requests, gap_s=cfg.cohort_gap_s,
+                          min_accounts=cfg.cohort_min_accounts, max_members=cfg.link_max_shared,
+                          warmup_s=cfg.cohort_warmup_s)
+            if cfg.cohort_min_accounts > 0 else None)
         self.accounts: dict[str, AccountState] = {}
         self.events_seen = 0
+        #: ``events_seen`` at the last relink (cohort relinks are at most one per
+        #: ``cohort_relink_every_events`` events)
+        self._last_relink = -(10**9)
         #: events prepared per account (decides which prompts are embedded; see ``prepare``)
         self._prepared: dict[str, int] = {}
         self.clock = 0.0
@@ -191,6 +201,8 @@ class OnlineDetector:
             self.events_seen += 1
             if self.events_seen % cfg.link_every_events == 0:
                 changed |= self.relink()
+            elif self.cohorts is not None and self.events_seen - self._last_relink >= cfg.cohort_relink_every_events:
+                changed |= self.link_cohorts()
         return changed
 
     def _update(self, ev: ExchangeEvent, text: str, rp: float, vec: np.ndarray | None, phi: np.ndarray | None,
@@ -218,6 +230,9 @@ class OnlineDetector:
         if ev.ip and (ev.ip in links.ips or len(links.ips) < 16):
             if ev.ip not in links.ips:
                 self.linker.observe(ev.account, "ip", ev.ip)
+                if self.cohorts is not None:
+                    # a cohort member on a new address may link an account born beside the cohort
+                    self.cohorts.touch(ev.account)
             links.ips[ev.ip] += 1
         if ev.user_agent and (ev.user_agent in links.uas or len(links.uas) < 8):
             if ev.user_agent not in links.uas:
@@ -229,6 +244,10 @@ class OnlineDetector:
         links.add_prompt_hash(int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"))
         if vec is not None and phi is not None:
             st.topics.add(vec, phi)
+        if self.cohorts is not None and text.strip():
+            self.cohorts.observe(ev.account, st.behaviour.n, ev.ts, text,
+                                 CohortTracker.fingerprint(ev.request, ev.endpoint, ev.user_agent),
+                                 st.behaviour.first_ts)
         own, _ = self._score(st)
         st.own_risk = own
         st.peak_own = max(st.peak_own, own)
@@ -301,8 +320,12 @@ class OnlineDetector:
                 c = st.topics.centroid()
                 if c is not None and st.topics.m >= self.config.link_min_requests:
                     centroids[a] = c - self.ref.mean_unit
+        self._last_relink = self.events_seen
         before = dict(self.linker.account_cluster)
-        clusters = self.linker.recompute(self.accounts, centroids, counts, {a: s.links for a, s in self.accounts.items()})
+        clusters = self.linker.recompute(self.accounts, centroids, counts, {a: s.links for a, s in self.accounts.items()},
+                                         self.cohorts)
+        if self.cohorts is not None:
+            self.cohorts.take_dirty()  # the relink linked them all
         changed = {a for a in set(before) | set(self.linker.account_cluster)
                    if before.get(a) != self.linker.account_cluster.get(a)}
         in_cluster = set(self.linker.account_cluster)
@@ -319,6 +342,32 @@ class OnlineDetector:
                     changed.add(a)
                 self._raise(st, risk, self.clock)
         return changed
+
+    def link_cohorts(self) -> set[str]:
+        """Relink now (at this event) when a sybil cohort was established or grew, or an account
+        was born beside a running one, since the last relink: its members and the accounts born
+        with it are linked at once, not at the next periodic relink. At most one such relink per
+        ``cohort_relink_every_events`` events, counted in the stream (not per batch, so
+        ``flagged_at`` does not depend on how the stream was batched). Returns the accounts whose
+        risk or cluster changed."""
+        if not self.cohorts.take_dirty():
+            return set()
+        return self.relink()
+
+    def _cohort_parts(self, members: list[str]) -> tuple[int, int, str | None]:
+        """(accounts in established cohorts, their requests through the cohorts' templates, an
+        example prompt) for a cluster's members."""
+        if self.cohorts is None:
+            return 0, 0, None
+        seen: dict[int, object] = {}
+        for a in members:
+            c = self.cohorts.of(a)
+            if c is not None:
+                seen[c.cid] = c
+        accounts = sum(len(c.members) for c in seen.values())
+        matched = sum(sum(c.members.values()) - 1 for c in seen.values())
+        example = next((c.example for c in seen.values()), None)
+        return accounts, matched, example
 
     def _cluster_risk(self, cid: str, members: list[str], detail: bool = True) -> tuple[float, list[Signal]]:
         """Score the cluster as one actor: request-weighted member signals, pooled topic sums and
@@ -337,8 +386,22 @@ class OnlineDetector:
                     continue
                 sums[sig.name] = sums.get(sig.name, 0.0) + sig.value * s.behaviour.n
                 details.setdefault(sig.name, sig.detail)
+        cohort_accounts, cohort_matched, cohort_example = self._cohort_parts(members)
+        if cohort_accounts:
+            # one template poured through all the cohort's accounts: reuse is cluster-wide, not per member
+            pooled_reuse = min(1.0, cohort_matched / max(1, n))
+            if pooled_reuse > sums.get("template_reuse", 0.0) / max(1, n):
+                sums["template_reuse"] = pooled_reuse * n
+                details["template_reuse"] = (f"{cohort_matched + 1:,} of the cluster's {n:,} requests go through one "
+                                             f'template, e.g. "{(cohort_example or "")[:120]}"')
         out = [Signal(k, v / max(1, n), f"cluster-wide ({len(members)} accounts, request-weighted {v / max(1, n):.0%}); "
                       f"this member: {details[k]}" if detail else "") for k, v in sums.items()]
+        if cohort_accounts:
+            strength = min(1.0, (cohort_accounts - 1) / 9)
+            out.append(Signal("cohort", strength,
+                              f"{cohort_accounts} accounts started together: each began sending one prompt template "
+                              f"with identical parameters and client while the others were active (a hydra scaling "
+                              f"out: sustained effort spread over accounts, not over time)" if detail else ""))
         total_days = len(set().union(*(s.behaviour.days for s in states)))
         out.append(Signal("volume", min(1.0, float(np.log1p(n) / np.log1p(5000))),
                           f"{n:,} requests across {len(members)} linked accounts on {total_days} day(s)" if detail else ""))

@@ -8,7 +8,9 @@ risk = sigmoid(bias + confidence(n) * (sum_s w_s v_s + W * intent * coverage * s
   - coverage: new content keeps coming (a topic sweep, or a template whose payload keeps
     changing), where a business app re-sends the same few prompts;
   - sustain: it keeps going for many hours and days, where a benchmark pass is over in an hour;
-    a short, fast job keeps 25% of the term, so strong intent and coverage still count;
+    a short, fast job keeps 25% of the term, so strong intent and coverage still count; a linked
+    cluster that scaled out instead (a sybil cohort: many new accounts started together on one
+    pipeline, the ``cohort`` signal) is sustained effort spread over accounts rather than time;
   a student asking for steps now and then has intent without coverage, a busy app has scale
   without intent or novelty, a researcher's one benchmark pass has both but not for long;
 * ``confidence(n) = n / (n + n0)`` shrinks the evidence of accounts with few requests, so the
@@ -42,7 +44,7 @@ INTENT_SATURATION = 2.0
 #: share of the extraction term a short job keeps (sustain = 0)
 SUSTAIN_FLOOR = 0.25
 #: signals that describe the account but do not add to the risk on their own
-CONTEXT_ONLY = ("prompt_novelty",)
+CONTEXT_ONLY = ("prompt_novelty", "cohort")
 #: the name under which the extraction term appears in the evidence
 EXTRACTION = "extraction_pattern"
 
@@ -53,7 +55,7 @@ def extraction_parts(vals: dict[str, float]) -> tuple[float, float, float]:
     # without embeddings there is no novelty estimate: template reuse alone stands for coverage
     novelty = vals.get("prompt_novelty", 1.0)
     coverage = max(vals.get("topic_sweep", 0.0), vals.get("template_reuse", 0.0) * novelty)
-    sustain = SUSTAIN_FLOOR + (1.0 - SUSTAIN_FLOOR) * vals.get("persistence", 0.0)
+    sustain = SUSTAIN_FLOOR + (1.0 - SUSTAIN_FLOOR) * max(vals.get("persistence", 0.0), vals.get("cohort", 0.0))
     return intent, coverage, sustain
 
 

@@ -181,6 +181,41 @@ class AddressConfig(BaseModel):
         return self
 
 
+class TemplateInheritanceConfig(BaseModel):
+    """Local template inheritance: a brand-new account whose request goes through the prompt
+    template, client and sampling parameters that ``several_accounts`` or more accounts used that
+    are flagged now (a flagged cluster's pipeline) is raised to ``level`` from its first request,
+    before the detector has seen it. A hydra keeps adding accounts to a running campaign: each
+    new one would otherwise be served until the detector links it, a batch later.
+
+    The policy notes the pipeline of every request of a new account (younger than
+    ``max_account_age_s``) or of an account at ``note_level`` or above: a hydra's first accounts
+    were new and not yet flagged when they sent, and are flagged by the time the next ones come.
+
+    The match is exact: the request's fingerprint (endpoint, model, user agent, max_tokens,
+    temperature, top_p, n, logprobs) and the first or the last 8 skeleton tokens of its prompt
+    (``detect.coordination.template_edges``) equal those of requests the flagged accounts sent.
+    Only accounts younger than ``max_account_age_s`` inherit (a customer with a history that
+    happens to use the same public template is left to the detector), and one flagged account
+    is not enough (a flagged benchmark harness does not make its public template a campaign's)."""
+
+    enabled: bool = True
+    ttl_s: float = 7 * 86400.0
+    several_accounts: int = 2
+    level: float = 1.0
+    max_account_age_s: float = 6 * 3600.0
+    note_level: float = 0.6
+    #: most template keys remembered (oldest dropped first)
+    max_templates: int = 100_000
+
+    @model_validator(mode="after")
+    def _check(self) -> TemplateInheritanceConfig:
+        if (self.ttl_s <= 0 or self.several_accounts < 2 or self.max_templates < 1
+                or not self.max_account_age_s > 0):
+            raise ValueError("templates: ttl_s > 0, several_accounts >= 2, max_account_age_s > 0, max_templates >= 1")
+        return self
+
+
 class Rule(BaseModel):
     """One row of the policy: conditions (all must hold; an absent condition always holds) → action."""
 
@@ -290,6 +325,7 @@ class PolicyConfig(BaseModel):
     degrade: DegradeConfig = Field(default_factory=DegradeConfig)
     indicators: IndicatorConfig = Field(default_factory=IndicatorConfig)
     addresses: AddressConfig = Field(default_factory=AddressConfig)
+    templates: TemplateInheritanceConfig = Field(default_factory=TemplateInheritanceConfig)
     #: seconds between reads of the store's account flags (review state set by the CLI in another
     #: process); never read on the request path
     board_refresh_s: float = 2.0
@@ -355,6 +391,15 @@ one_account_level = 0.8        # one flagged account behind it (could be a share
 several_accounts = 2
 several_accounts_level = 1.0   # two or more: a campaign's proxy, must verify
 max_addresses = 200000
+
+[policy.templates]             # a new account on the pipeline (template, client, parameters) of flagged accounts
+enabled = true
+ttl_s = 604800.0
+several_accounts = 2           # flagged accounts that must have used it
+level = 1.0                    # the flag line: must verify
+max_account_age_s = 21600.0    # only accounts first seen less than 6 h ago inherit
+note_level = 0.6               # pipelines noted: new accounts' and those of accounts at this level or above
+max_templates = 100000
 
 [policy.indicators]
 file = "distillguard-indicators.json"   # written by `distillguard intel import`

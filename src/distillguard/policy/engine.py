@@ -7,6 +7,8 @@ Per request, top to bottom (dict lookups and arithmetic only; no I/O, no locks):
     level = risk on the threshold-anchored scale (config.level)
     imported indicators (IP, user agent, template fingerprint) raise the level
     an address that flagged accounts sent from raises the level of other accounts (AddressConfig)
+    a new account on the template, client and parameters of flagged accounts inherits their level
+        (TemplateInheritanceConfig)
     first matching rule → action; throttle curve → limit_scale; risk budget (429 when spent,
         shared by a linked cluster); degrade plan (length cap, reasoning, logprobs); stronger watermark
     reasons, and the decision kept for `explain`
@@ -211,7 +213,21 @@ class RiskPolicy:
                 board.note_flagged_address(ctx.ip, account, ctx.ts, addr.max_addresses)
             else:
                 hot = board.flagged_at_address(ctx.ip, account, ctx.ts, addr.ttl_s)
-        if review.state == "none" and not matches and not hot and lvl < cp.quiet_below and banned_peer is None:
+        tpl = cp.config.templates
+        hot_tpl: list[str] = []
+        young = age_s < tpl.max_account_age_s
+        if tpl.enabled and (young or lvl >= tpl.note_level):
+            # the pipeline (template, client, parameters) of a new or watched account is noted;
+            # a new account inherits from those of the noted accounts that are flagged now (a
+            # hydra's first accounts were new and unflagged when they sent)
+            keys = _template_keys(ctx)
+            if young and lvl < 1.0:
+                hot_tpl = board.flagged_with_template(keys, account, ctx.ts, tpl.ttl_s, cp.threshold)
+                if len(hot_tpl) < tpl.several_accounts:
+                    hot_tpl = []
+            board.note_template(keys, account, ctx.ts, tpl.max_templates)
+        if (review.state == "none" and not matches and not hot and not hot_tpl and lvl < cp.quiet_below
+                and banned_peer is None):
             d = RiskDecision(action=cp.config.default_action, level=lvl)
             if d.action != "allow":
                 d.reasons.append(f"default action {d.action} (no rule matched)")
@@ -227,8 +243,9 @@ class RiskPolicy:
         hot_level = 0.0
         if hot:
             hot_level = addr.several_accounts_level if len(hot) >= addr.several_accounts else addr.one_account_level
+        tpl_level = tpl.level if hot_tpl else 0.0
         # a person banned a linked account: the rest of its cluster is treated as near-certain
-        eff_level = max(lvl, ind_level, hot_level, BANNED_PEER_LEVEL if banned_peer is not None else 0.0)
+        eff_level = max(lvl, ind_level, hot_level, tpl_level, BANNED_PEER_LEVEL if banned_peer is not None else 0.0)
         rule = next((r for r in cp.rules if r.matches(ctx.tier, review.state, eff_level, eff.cluster_flagged,
                                                         bool(matches), age_s)), None)
         action = rule.action if rule else cp.config.default_action
@@ -253,6 +270,10 @@ class RiskPolicy:
             shown = ", ".join(hot[:3]) + (f" and {len(hot) - 3} more" if len(hot) > 3 else "")
             r.append(f"address {ctx.ip} was used by {len(hot)} flagged account{'s' if len(hot) > 1 else ''} "
                      f"({shown}): level {hot_level:.2f}")
+        if hot_tpl:
+            shown = ", ".join(hot_tpl[:3]) + (f" and {len(hot_tpl) - 3} more" if len(hot_tpl) > 3 else "")
+            r.append(f"a new account (first seen {age_s / 3600:.1f} h ago) sending through the prompt template, client "
+                     f"and parameters of {len(hot_tpl)} flagged accounts ({shown}): level {tpl_level:.2f}")
         if rule is not None and rule.max_age_s is not None:
             r.append(f"account first seen {age_s / 3600:.1f} h ago (rule {rule.name!r}: younger than "
                      f"{rule.max_age_s / 3600:g} h)")
@@ -428,6 +449,20 @@ def _risk_reason(risk: float, thr: float, evidence: tuple[dict[str, Any], ...]) 
     sigs = ", ".join(e.get("signal", "?") for e in evidence[:3] if isinstance(e, dict))
     op = "≥" if risk >= thr else "<"
     return f"risk {risk:.2f} {op} {thr:.2f}" + (f" ({sigs})" if sigs else "")
+
+
+def _template_keys(ctx: PolicyContext) -> list[int]:
+    """The request's pipeline keys: its fingerprint (endpoint, model, client, sampling
+    parameters) with the head, and with the tail, of its prompt's skeleton (the detector's
+    cohort keys, ``detect.coordination``), hashed (in-process keys: 64-bit ``hash``)."""
+    from distillguard.detect.coordination import CohortTracker, template_edges
+
+    text = _last_user_text(ctx.request)
+    if not text.strip():
+        return []
+    fp = CohortTracker.fingerprint(ctx.request, ctx.endpoint, ctx.user_agent)
+    head, tail = template_edges(text)
+    return [hash((fp, "h", head)), hash((fp, "t", tail))]
 
 
 def _last_user_text(request: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ puts into a flagged cluster is restricted from its next request, before it has a
 from __future__ import annotations
 
 import heapq
+import math
 import logging
 import threading
 import time
@@ -52,6 +53,8 @@ class Review:
 
 
 NO_REVIEW = Review()
+#: a template key too many accounts use to say anything (``RiskBoard.note_template``)
+_COMMON: dict[str, float] = {}
 NO_RISK = AccountRisk(risk=0.0, source="none")
 
 
@@ -105,6 +108,8 @@ class RiskBoard:
         self._usage_cap = explain_accounts
         #: address -> {flagged account: last arrival time from it}
         self._hot: OrderedDict[str, dict[str, float]] = OrderedDict()
+        #: template key (hash of a fingerprint and a template edge) -> {account: last use}
+        self._hot_tpl: OrderedDict[int, dict[str, float]] = OrderedDict()
         #: account -> arrival time of the first request this process saw from it
         self._first_seen: OrderedDict[str, float] = OrderedDict()
 
@@ -361,6 +366,41 @@ class RiskBoard:
         if not seen:
             return []
         return sorted(a for a, t in seen.items() if a != account and t > ts - ttl_s)
+
+    # ------------------------------------------------------------------ pipelines (request path)
+    def note_template(self, keys: list[int], account: str, ts: float, cap: int, max_accounts: int = 64,
+                      refresh_s: float = 600.0) -> None:
+        """``account`` sent a request with these template keys at ``ts``. A key that more than
+        ``max_accounts`` accounts use is common (a popular app's prompt through the default
+        client): it is kept as such and passes nothing on (``flagged_with_template``); a hydra's
+        pipeline is used by its own few dozen accounts. An account's time on a key is refreshed
+        at most every ``refresh_s`` (each refresh copies the key's small dict)."""
+        for key in keys:
+            seen = self._hot_tpl.get(key)
+            if seen is None:
+                self._hot_tpl[key] = {account: ts}
+                if len(self._hot_tpl) > cap:
+                    try:
+                        self._hot_tpl.popitem(last=False)
+                    except KeyError:
+                        pass
+            elif seen is _COMMON:
+                continue
+            elif account not in seen and len(seen) >= max_accounts:
+                self._hot_tpl[key] = _COMMON
+            elif seen.get(account, -math.inf) < ts - refresh_s:
+                self._hot_tpl[key] = {**seen, account: ts}  # replace, never mutate
+
+    def flagged_with_template(self, keys: list[int], account: str, ts: float, ttl_s: float,
+                              threshold: float) -> list[str]:
+        """Other accounts that sent a request with any of these keys within ``ttl_s`` and are
+        flagged now (effective risk at or over ``threshold``, on their own or by their cluster)."""
+        out: set[str] = set()
+        for key in keys:
+            seen = self._hot_tpl.get(key)
+            if seen and seen is not _COMMON:
+                out.update(a for a, t in seen.items() if a != account and t > ts - ttl_s)
+        return sorted(a for a in out if self.effective(a).risk >= threshold)
 
     # ------------------------------------------------------------------ explain
     def record_decision(self, account: str, record: dict[str, Any]) -> None:
