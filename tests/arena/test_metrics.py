@@ -51,3 +51,11 @@ def test_outcome_words() -> None:
     assert outcome_of(ev("x", action="throttle")) == "served (throttled)"
     assert outcome_of(ev("x", status=403, action="block")) == "403 block"
     assert outcome_of(ev("x", status=502)) == "status 502"
+
+
+def test_report_p_values_never_read_zero() -> None:
+    from distillguard.arena.report import _p
+
+    assert _p(0.0) == "< 1e-300"  # a pooled watermark test over thousands of tokens underflows
+    assert _p(1.9e-59) == "1.90e-59"
+    assert _p(None) == "–"

@@ -274,7 +274,11 @@ def _e(x: Any) -> str:
 
 
 def _p(v: Any) -> str:
-    return "–" if v is None else f"{v:.2e}"
+    """A p-value for people: one that underflowed a double (thousands of watermarked tokens) reads
+    as "< 1e-300", not as 0, which no test can give."""
+    if v is None:
+        return "–"
+    return "< 1e-300" if v < 1e-300 else f"{v:.2e}"
 
 
 def _table(head: list[str], rows: list[list[Any]], raw: bool = False) -> str:
