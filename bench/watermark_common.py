@@ -105,6 +105,14 @@ def read_cache(name: str) -> list[dict]:
 
 
 def append_cache(name: str, row: dict) -> None:
+    """Append one JSON line with a single write() on an O_APPEND descriptor, so several processes
+    (watermark_batchgen.py --shard) can append to the same cache without interleaving lines."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / name, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
+    data = (json.dumps(row) + "\n").encode("utf-8")
+    fd = os.open(CACHE / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        while written < len(data):  # a short write on a regular file is rare; finish it
+            written += os.write(fd, data[written:])
+    finally:
+        os.close(fd)

@@ -5,10 +5,13 @@
    at temperature 0.7 with up to 128 new tokens, watermarked (``--wm-config``, default our
    default scheme ``gumbel1_skip``) and unwatermarked (``none``) on the same prompts, cached in
    bench/cache.
-2. Students: SmolLM2-135M with every other decoder layer dropped (keep 15 of 30), plain SFT
-   (loss on answer tokens only). To fit a 2-core CPU budget there is ONE training run over the
-   watermarked answers, not one per N: the cached prompts are put in a fixed order (shuffled
-   once with seed 0), the student makes a single pass (1 epoch, constant learning rate, fixed
+2. Students: SmolLM2-135M with decoder layers dropped, plain SFT (loss on answer tokens only):
+   by default every other layer is dropped (keep 15 of 30, the student of the earlier runs);
+   ``--drop-every 5`` drops layers 4, 9, ..., 29 instead (keep 24 of 30: a working student, see
+   ``--heldout``, which reports its loss on held-out teacher answers before and after training).
+   To fit a 2-core CPU budget there is ONE training run over the watermarked answers, not one
+   per N: the cached prompts are put in a fixed order (watermark_common.radio_order, a hash of
+   the prompt index), the student makes a single pass (1 epoch, constant learning rate, fixed
    batches) over the first max(--ns) of them, and it is audited in place after exactly 250, 500,
    1000 (``--ns``) examples. The N = 250 snapshot has seen the first 250 answers of that order
    once and nothing else: the same student a separate 1-epoch run on those 250 answers would
@@ -27,6 +30,8 @@
      of them seen by every snapshot; temperature 0.7, 128 tokens), its answers are scored with
      deduplication.
    Each audit also reports the same tuples scored under 5 random keys (what an unrelated key says).
+   ``--filter-seen`` adds the reading audit restricted to windows seen in the served outputs, from
+   the same read (here the texts read ARE the served outputs, so it can only equal the plain one).
 Wall and CPU time of every stage (training segment, each audit) are recorded, with the device.
 
     nice -n 10 .venv/bin/python bench/watermark_batchgen.py --set radio --chat 1000 --max-tokens 128 \
@@ -34,6 +39,26 @@ Wall and CPU time of every stage (training segment, each audit) are recorded, wi
         --control-first 500
     nice -n 10 .venv/bin/python bench/watermark_radioactivity.py --ns 250,500,1000 --epochs 1 \
         --control-n 500 --base-read 500 --blackbox-prompts 50
+
+The 24-of-30 student (bench/results/watermark_radioactivity_keep24.json; design fixed before any
+result: the same recipe; control on the unwatermarked answers of the same first prompts; 32
+held-out prompts after them for the loss). Planned for N up to 1000 with 1000 controls; the
+shared CPU cut it to N = 248 (snapshots fall on batch boundaries: 248 is the multiple of 8 next
+below 250) and 248 controls, no base-model audit (see the result's note). Generation in two
+one-thread shards, the two students on two threads:
+
+    for i in 0 1; do nice -n 10 .venv/bin/python bench/watermark_batchgen.py --set radio --chat 1032 \
+        --max-tokens 128 --max-prompt-tokens 200 --configs none,gumbel1_skip --out wm_radio.jsonl \
+        --batch-rows 64 --control-first 500 --threads 1 --shard $i/2 & done; wait
+    nice -n 10 .venv/bin/python bench/watermark_radioactivity.py --drop-every 5 --ns 248 \
+        --control-n 248 --heldout 32 --filter-seen --blackbox-prompts 24 --no-base \
+        --parallel-students --name watermark_radioactivity_keep24 --note "..."
+    # then, the machine freer, the watermarked student alone to N = 496 (..._keep24_n496.json):
+    nice -n 10 .venv/bin/python bench/watermark_radioactivity.py --drop-every 5 --ns 248,496 \
+        --control-n 0 --heldout 32 --filter-seen --blackbox-prompts 24 --no-base --threads 1 \
+        --name watermark_radioactivity_keep24_n496 --note "..."
+    # as planned (a freer machine): --ns 248,496,1000 --control-n 1000 --control-final-only, after
+    # generating with --control-first 1000
 """
 
 from __future__ import annotations
@@ -42,33 +67,114 @@ import argparse
 import os
 import random
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from watermark_common import BENCH_SECRET, CACHE, radio_order, read_cache, write_result  # noqa: E402
 from watermark_generate import CONFIGS  # noqa: E402
 
-from distillguard.watermark.audit import Example, audit_answers, audit_loaded_model  # noqa: E402
+from distillguard.watermark.audit import (  # noqa: E402
+    Example, TupleSet, _conclude, _encode_example, _ngrams, _read_all, audit_answers, check_tokenizer,
+)
 from distillguard.watermark.keys import KeyRing  # noqa: E402
 
 
-def layer_dropped_student(src: Path, out: Path, keep_every: int = 2) -> Path:
+_LOAD_LOCK = threading.Lock()
+_THREAD_CPU = False  # --parallel-students: CPU time per thread (each student trains on its own thread)
+
+
+def cpu_clock() -> float:
+    """CPU seconds of this stage: the process's, or with --parallel-students the calling thread's
+    (torch runs single-threaded then, so a student's work is all on its own thread)."""
+    return time.thread_time() if _THREAD_CPU else time.process_time()
+
+
+def kept_layers(n_layers: int, keep_every: int = 2, drop_every: int = 0) -> list[int]:
+    """Indices of the decoder layers a layer-dropped student keeps.
+
+    ``drop_every`` k > 0: drop every k-th layer (indices k-1, 2k-1, ...; k = 5 on 30 layers drops
+    4, 9, 14, 19, 24, 29 and keeps 24); otherwise keep every ``keep_every``-th layer (0, 2, 4, ...:
+    15 of 30 for the default 2, the student of the earlier runs).
+    """
+    if drop_every > 0:
+        if drop_every < 2:
+            raise SystemExit("--drop-every must be at least 2 (1 would drop every layer)")
+        return [i for i in range(n_layers) if (i + 1) % drop_every]
+    return list(range(0, n_layers, keep_every))
+
+
+def layer_dropped_student(src: Path, out: Path, keep_every: int = 2, drop_every: int = 0) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     layers = model.model.layers
-    kept = torch.nn.ModuleList([layers[i] for i in range(0, len(layers), keep_every)])
+    keep = kept_layers(len(layers), keep_every, drop_every)
+    kept = torch.nn.ModuleList([layers[i] for i in keep])
     for new_i, layer in enumerate(kept):
         layer.self_attn.layer_idx = new_i
     model.model.layers = kept
     model.config.num_hidden_layers = len(kept)
     if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[: len(kept)]
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return out
+
+
+def sft_examples(tok, pairs: list[tuple[str, list[int], bool]]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids with the chat template's assistant header, answer ids [+ <|im_end|>]) per pair."""
+    examples = []
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for prompt, ans, stopped in pairs:
+        p = tok(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        tokenize=False), add_special_tokens=False)["input_ids"][-256:]
+        examples.append((p, list(ans) + ([end] if stopped else [])))  # answers cut at 128 tokens get no end
+    return examples
+
+
+def batch_tensors(chunk: list[tuple[list[int], list[int]]], pad: int):
+    """Right-padded (input_ids, labels, attention_mask); labels are -100 outside the answers."""
+    import torch
+
+    L = max(len(p) + len(a) for p, a in chunk)
+    ids = torch.full((len(chunk), L), pad)
+    labels = torch.full((len(chunk), L), -100)
+    attn = torch.zeros((len(chunk), L), dtype=torch.long)
+    for r, (p, a) in enumerate(chunk):
+        seq = p + a
+        ids[r, : len(seq)] = torch.tensor(seq)
+        labels[r, len(p) : len(seq)] = torch.tensor(a)
+        attn[r, : len(seq)] = 1
+    return ids, labels, attn
+
+
+def answer_loss(model, tok, pairs: list[tuple[str, list[int], bool]], device: str, batch: int = 8) -> dict:
+    """Mean cross-entropy per answer token (as trained: same template, same end token) with no update.
+
+    Used on held-out teacher answers, to show the student is a working model before and after SFT.
+    """
+    import torch
+
+    examples = sft_examples(tok, pairs)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for b in range(0, len(examples), batch):
+            ids, labels, attn = batch_tensors(examples[b : b + batch], tok.pad_token_id or 0)
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
+            tgt = labels[:, 1:].to(device)
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                                    ignore_index=-100, reduction="sum")
+            total += float(nll)
+            count += int((tgt != -100).sum())
+    if was_training:
+        model.train()
+    return {"texts": len(examples), "answer_tokens": count, "loss": total / max(count, 1)}
 
 
 def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr: float, batch: int, device: str,
@@ -83,16 +189,15 @@ def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(student)
-    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).to(device)
+    with _LOAD_LOCK:  # from_pretrained is not thread-safe (--parallel-students loads two at once)
+        tok = AutoTokenizer.from_pretrained(student)
+        model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).to(device)
+    if model.config.tie_word_embeddings and \
+            model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        raise SystemExit(f"{student}: the output embeddings are not tied to the input embeddings after loading")
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    examples = []
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    for prompt, ans, stopped in pairs:
-        p = tok(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        tokenize=False), add_special_tokens=False)["input_ids"][-256:]
-        examples.append((p, list(ans) + ([end] if stopped else [])))  # answers cut at 128 tokens get no end
+    examples = sft_examples(tok, pairs)
     checkpoints = sorted(set(checkpoints or []))
     for c in checkpoints:
         if c % batch or c > len(examples) * epochs:
@@ -100,7 +205,7 @@ def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr
     rnd = random.Random(0)
     steps, tokens, answer_tokens, seen = 0, 0, 0, 0
     train_wall, train_cpu, seg_losses = 0.0, 0.0, []
-    t_wall, t_cpu = time.time(), time.process_time()
+    t_wall, t_cpu = time.time(), cpu_clock()
     if shuffle:
         order = [i for _ in range(epochs) for i in rnd.sample(range(len(examples)), len(examples))]
     else:
@@ -114,22 +219,13 @@ def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr
                 "tokens_per_s_wall": tokens / max(train_wall, 1e-9), "device": device}
 
     for b in range(0, len(order), batch):
-        chunk = [examples[i] for i in order[b : b + batch]]
-        L = max(len(p) + len(a) for p, a in chunk)
-        ids = torch.full((len(chunk), L), tok.pad_token_id or 0)
-        labels = torch.full((len(chunk), L), -100)
-        attn = torch.zeros((len(chunk), L), dtype=torch.long)
-        for r, (p, a) in enumerate(chunk):
-            seq = p + a
-            ids[r, : len(seq)] = torch.tensor(seq)
-            labels[r, len(p) : len(seq)] = torch.tensor(a)
-            attn[r, : len(seq)] = 1
+        ids, labels, attn = batch_tensors([examples[i] for i in order[b : b + batch]], tok.pad_token_id or 0)
         loss = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device)).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
         steps += 1
-        seen += len(chunk)
+        seen += ids.shape[0]
         tokens += int(attn.sum())
         answer_tokens += int((labels != -100).sum())
         seg_losses.append(loss.item())
@@ -137,7 +233,7 @@ def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             train_wall += time.time() - t_wall
-            train_cpu += time.process_time() - t_cpu
+            train_cpu += cpu_clock() - t_cpu
             st = stats() | {"mean_loss_since_last_checkpoint": sum(seg_losses) / len(seg_losses)}
             seg_losses = []
             print(f"checkpoint after {seen} examples: {st['tokens']} tokens, train {train_wall:.0f}s wall "
@@ -145,12 +241,12 @@ def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr
             model.eval()
             on_checkpoint(model, tok, seen, st)
             model.train()
-            t_wall, t_cpu = time.time(), time.process_time()
+            t_wall, t_cpu = time.time(), cpu_clock()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     model.eval()
     train_wall += time.time() - t_wall
-    train_cpu += time.process_time() - t_cpu
+    train_cpu += cpu_clock() - t_cpu
     return model, tok, stats()
 
 
@@ -163,6 +259,31 @@ class _Tok:
 
     def encode(self, text: str) -> list[int]:
         return list(self._t(text, add_special_tokens=False)["input_ids"])
+
+
+def reading_audits(model, tok, examples: list[Example], params, ring, suspect: str, reference_tokenizer,
+                   control_keys: int = 5, filter_seen: bool = False) -> tuple:
+    """Open-weight reading audit, and optionally its ``filter_seen`` variant, from ONE read of the texts.
+
+    The same as ``audit_loaded_model(..., filter_seen=False)`` and ``(..., filter_seen=True)`` (tested
+    equal), but the suspect reads the texts once: the filtered tuple set is the unfiltered one
+    restricted to windows that occur in the served answers (the copy checks do not depend on the
+    filter). Returns (result, filtered result or None).
+    """
+    started = time.time()
+    check_tokenizer(tok, reference_tokenizer)
+    encoded = [_encode_example(tok, ex) for ex in examples]
+    h = params.context_width
+    tset = _read_all(model, encoded, h, None, False, "reading suspect")
+    res = _conclude("open-weights", suspect, len(examples), tset, params, ring, control_keys, started)
+    if not filter_seen:
+        return res, None
+    allowed = set().union(*(_ngrams(a, h) for _, a in encoded))
+    fset = TupleSet(h)
+    for t in tset.tuples:
+        if t[:-1] in allowed:
+            fset.add(t)
+    return res, _conclude("open-weights", suspect, len(examples), fset, params, ring, control_keys, started)
 
 
 def main() -> None:
@@ -181,11 +302,25 @@ def main() -> None:
     ap.add_argument("--blackbox-prompts", type=int, default=50)
     ap.add_argument("--save-students", action="store_true",
                     help="keep the final watermarked and control students in bench/cache/radioactivity")
+    ap.add_argument("--control-final-only", action="store_true",
+                    help="audit the control only after all its --control-n answers (no snapshots at smaller N)")
+    ap.add_argument("--parallel-students", action="store_true",
+                    help="train the watermarked and the control student at the same time on two threads, torch "
+                         "single-threaded (the base audit follows the control); same numbers, better use of a "
+                         "busy 2-core machine than one student with 2 torch threads")
     ap.add_argument("--no-base", action="store_true", help="skip auditing the untouched base model")
     ap.add_argument("--base-read", type=int, default=0,
                     help="watermarked texts the base model reads (the first N of the order; 0: max(ns))")
     ap.add_argument("--filter-seen", action="store_true", help="also the reading audit restricted to seen windows")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the shared machine: 2 at most)")
+    ap.add_argument("--keep-every", type=int, default=2,
+                    help="student: keep every k-th decoder layer (2: 15 of 30, the earlier runs' student)")
+    ap.add_argument("--drop-every", type=int, default=0,
+                    help="student: drop every k-th decoder layer instead (5: drop 4, 9, ..., 29, keep 24 of 30)")
+    ap.add_argument("--heldout", type=int, default=0,
+                    help="teacher answers after the first max(ns, control-n) of the order, never trained on: "
+                         "the student's loss on them before training, at each snapshot and for the teacher")
     ap.add_argument("--name", default="watermark_radioactivity")
     ap.add_argument("--note", default="", help="recorded in the result (e.g. why a run is smaller than planned)")
     a = ap.parse_args()
@@ -195,7 +330,9 @@ def main() -> None:
     from watermark_batchgen import generate_batch
     from watermark_power import load_model
 
-    torch.set_num_threads(min(16, os.cpu_count() or 2))
+    global _THREAD_CPU
+    _THREAD_CPU = a.parallel_students
+    torch.set_num_threads(1 if a.parallel_students else max(1, min(a.threads, os.cpu_count() or 2)))
     tasks = a.tasks.split(",")
     rows = [r for r in read_cache(a.cache) if r.get("task") in tasks]
     by: dict[tuple[int, int], dict[str, dict]] = {}
@@ -207,9 +344,16 @@ def main() -> None:
     order = [(0, i) for i in radio_order([i for _, i in idxs])]
     ns = sorted(int(x) for x in a.ns.split(","))
     single_pass = a.epochs == 1
-    if len(idxs) < max(ns):
-        raise SystemExit(f"only {len(idxs)} prompts have {a.wm_config} cached in {a.cache}; "
+    train_end = max(max(ns), a.control_n)
+    if len(idxs) < max(ns) + (a.heldout and train_end - max(ns) + a.heldout):
+        raise SystemExit(f"only {len(idxs)} prompts have {a.wm_config} cached in {a.cache} (need max(ns) "
+                         f"{max(ns)}, and {a.heldout} held out after the first {train_end}); "
                          f"generate more with watermark_batchgen.py --set radio")
+    heldout = order[train_end : train_end + a.heldout] if a.heldout else []
+    bad = [n for n in [*ns, a.control_n] if single_pass and n % a.batch]
+    if bad:  # fail before hours of work, not at the first snapshot
+        raise SystemExit(f"--ns/--control-n {bad}: a snapshot must fall on a batch boundary (a multiple of "
+                         f"--batch {a.batch}), e.g. {[n - n % a.batch for n in bad]}")
     missing = [i for i in order[: a.control_n] if "none" not in by[i]]
     if missing:
         raise SystemExit(f"{len(missing)} of the first {a.control_n} prompts have no 'none' answer in {a.cache}: "
@@ -220,9 +364,15 @@ def main() -> None:
     ref_tok = _Tok(base_tok)
     work = CACHE / "radioactivity"
     work.mkdir(parents=True, exist_ok=True)
-    init = work / "student_init"
+    n_layers = base_model.config.num_hidden_layers
+    keep = kept_layers(n_layers, a.keep_every, a.drop_every)
+    init = work / f"student_init_keep_{'_'.join(map(str, keep))}"
     if not (init / "config.json").is_file():
-        layer_dropped_student(CACHE / "smollm2_hf", init)
+        layer_dropped_student(CACHE / "smollm2_hf", init, a.keep_every, a.drop_every)
+    student_desc = (f"the teacher with decoder layers {sorted(set(range(n_layers)) - set(keep))} dropped "
+                    f"(keeps {len(keep)} of {n_layers}: "
+                    + (f"every {a.drop_every}th dropped" if a.drop_every else f"every {a.keep_every}th kept")
+                    + "), then SFT")
 
     def examples(cfg: str, n: int) -> list[Example]:
         # the answer as trained on: at most 128 tokens
@@ -236,26 +386,26 @@ def main() -> None:
     def audits(model, tok, label: str, n_read: int, blackbox: bool = True) -> dict:
         out = {}
         wm_ex = examples(a.wm_config, n_read)
-        t_w, t_c = time.time(), time.process_time()
-        ow = audit_loaded_model(model, tok, wm_ex, params, ring, suspect=label, reference_tokenizer=ref_tok,
-                                control_keys=5, progress=False)
+        t_w, t_c = time.time(), cpu_clock()
+        # with --filter-seen: only windows seen in served outputs (here the texts read are those outputs),
+        # from the same read of the texts
+        ow, ow_f = reading_audits(model, tok, wm_ex, params, ring, label, ref_tok, 5, a.filter_seen)
         out["open_weights"] = ow.to_dict() | {"read_texts": n_read, "wall_s": time.time() - t_w,
-                                              "cpu_s": time.process_time() - t_c}
-        if a.filter_seen:  # only windows seen in served outputs (here the texts read are those outputs)
-            ow_f = audit_loaded_model(model, tok, wm_ex, params, ring, suspect=label, reference_tokenizer=ref_tok,
-                                      control_keys=5, progress=False, filter_seen=True)
-            out["open_weights_filter_seen"] = {"p_value": ow_f.p_value, "tuples_scored": ow_f.tuples_scored}
+                                              "cpu_s": cpu_clock() - t_c}
+        if ow_f is not None:
+            out["open_weights_filter_seen"] = {"p_value": ow_f.p_value, "tuples_scored": ow_f.tuples_scored,
+                                               "control": ow_f.control}
         if not blackbox or a.blackbox_prompts <= 0:
             print(f"{label}: open-weights p = {ow.p_value:.3g} ({ow.tuples_scored} tuples)", flush=True)
             return out
         bb_ex = wm_ex[: a.blackbox_prompts]
-        t_w, t_c = time.time(), time.process_time()
+        t_w, t_c = time.time(), cpu_clock()
         gen = generate_batch(model, tok, [e.prompt[0]["content"] for e in bb_ex], [None] * len(bb_ex),
                              temperature=0.7, max_tokens=128, device=a.device, seed=1, progress_every=0)
         texts = [tok.decode(g, skip_special_tokens=True) for g in gen]
         bb = audit_answers(label, bb_ex, texts, params, ring, ref_tok, control_keys=5)
         out["black_box"] = bb.to_dict() | {"prompts": len(bb_ex), "wall_s": time.time() - t_w,
-                                           "cpu_s": time.process_time() - t_c}
+                                           "cpu_s": cpu_clock() - t_c}
         print(f"{label}: open-weights p = {ow.p_value:.3g} ({ow.tuples_scored} tuples), "
               f"black-box p = {bb.p_value:.3g} ({bb.tuples_scored} tuples)", flush=True)
         return out
@@ -263,12 +413,12 @@ def main() -> None:
     result: dict = {
         "setup": {
             "teacher": "SmolLM2-135M-Instruct (float32, dequantised from the served GGUF)",
-            "student": "the teacher with every other decoder layer dropped (15 of 30), then SFT",
+            "student": student_desc, "student_layers_kept": keep,
             "data": f"{a.cache} tasks {a.tasks}: SmolLM2 answers at temperature 0.7, cut to <= 128 tokens, "
                     "generated once and reused (radio = watermark_common.radioactivity_prompts(); chat/gsm8k = "
                     "the power and GSM8K runs' answers)",
-            "order": "the cached prompts with a watermarked answer, in watermark_common.radio_order (shuffled "
-                     "once with random.Random(0)); 'the first N' means the first N of this order",
+            "order": "the cached prompts with a watermarked answer, in watermark_common.radio_order (sorted by "
+                     "a sha256 hash of the prompt index); 'the first N' means the first N of this order",
             "training": ("ONE pass (1 epoch, fixed order, constant lr) over the first max(ns) watermarked answers; "
                          "each N is an in-place snapshot after exactly N examples, so the N snapshot has seen the "
                          "first N answers once and nothing else. The control is trained the same way on the "
@@ -276,43 +426,113 @@ def main() -> None:
                         "one separate run per N (and for the control), reshuffled every epoch",
             "wm_config": a.wm_config, "params": params.describe(), "device": a.device,
             "epochs": a.epochs, "lr": a.lr, "batch": a.batch, "blackbox_prompts": a.blackbox_prompts,
-            "ns": ns, "control_n": a.control_n, "prompts_available": len(idxs),
-            "base_read": a.base_read or max(ns), "note": a.note,
+            "ns": ns, "control_n": a.control_n, "control_final_only": a.control_final_only,
+            "prompts_available": len(idxs),
+            "base_read": a.base_read or max(ns), "threads": 1 if a.parallel_students else a.threads,
+            "parallel_students": a.parallel_students, "heldout": a.heldout, "note": a.note,
         },
         "students": {},
     }
 
-    def pairs_of(cfg: str, n: int) -> list[tuple[str, list[int], bool]]:
+    def pairs_at(cfg: str, keys: list) -> list[tuple[str, list[int], bool]]:
         return [(by[i][cfg]["prompt"], by[i][cfg]["token_ids"][:128],
-                 by[i][cfg]["finish_reason"] == "stop" and len(by[i][cfg]["token_ids"]) <= 128) for i in order[:n]]
+                 by[i][cfg]["finish_reason"] == "stop" and len(by[i][cfg]["token_ids"]) <= 128) for i in keys]
+
+    def pairs_of(cfg: str, n: int) -> list[tuple[str, list[int], bool]]:
+        return pairs_at(cfg, order[:n])
+
+    heldout_pairs = pairs_at(a.wm_config, heldout)
+    if heldout_pairs:  # is the student a working model before any training? (and the teacher, for scale)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        t_w = time.time()
+        s_tok = AutoTokenizer.from_pretrained(init)
+        s_model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32).to(a.device).eval()
+        result["heldout_loss"] = {
+            "description": f"mean cross-entropy per answer token on the {a.wm_config} teacher answers of the "
+                           f"{len(heldout)} prompts after the first {train_end} of the order (never trained on)",
+            "teacher": answer_loss(base_model, base_tok, heldout_pairs, a.device),
+            "student_before_training": answer_loss(s_model, s_tok, heldout_pairs, a.device),
+        }
+        del s_model
+        result["heldout_loss"]["wall_s"] = time.time() - t_w
+        print("held-out loss: teacher {:.3f}, student before training {:.3f}".format(
+            result["heldout_loss"]["teacher"]["loss"], result["heldout_loss"]["student_before_training"]["loss"]),
+            flush=True)
+        write_result(a.name, result | {"partial": True})
+
+    lock = threading.Lock()  # --parallel-students: two threads record into one result
+
+    def save_partial(partial) -> None:
+        with lock:
+            write_result(a.name, result | {"partial": partial})
 
     def record(label: str, cfg: str, n: int, train: dict, model, tok, blackbox: bool = True) -> None:
         train = train | {"training_answer_tokens": answer_tokens(cfg, n)}
-        result["students"][label] = {"config": cfg, "n": n, "train": train} | audits(model, tok, label, n, blackbox)
-        write_result(a.name, result | {"partial": True})  # a run cut short keeps what it measured
+        if heldout_pairs:
+            train["heldout_loss"] = answer_loss(model, tok, heldout_pairs, a.device)["loss"]
+            print(f"{label}: held-out loss {train['heldout_loss']:.3f}", flush=True)
+        entry = {"config": cfg, "n": n, "train": train} | audits(model, tok, label, n, blackbox)
+        with lock:
+            result["students"][label] = entry
+        save_partial(True)  # a run cut short keeps what it measured
+
+    def base_audit() -> None:
+        t_w, t_c = time.time(), cpu_clock()
+        out = audits(base_model, base_tok, "base SmolLM2 (generated the texts)", a.base_read or max(ns), True)
+        with lock:
+            result["base_model_never_trained"] = out | {"stage_wall_s": time.time() - t_w,
+                                                        "stage_cpu_s": cpu_clock() - t_c}
+        save_partial(True)
 
     t_stage = time.time(), time.process_time()
+    cn = a.control_n
     if single_pass:
-        def wm_checkpoint(model, tok, n, st):
-            record(f"watermarked_n{n}", a.wm_config, n, st, model, tok)
+        def train_watermarked() -> dict:
+            t_w, t_c = time.time(), cpu_clock()
 
-        model, tok, _ = sft(init, pairs_of(a.wm_config, max(ns)), 1, a.lr, a.batch, a.device, shuffle=False,
-                            checkpoints=ns, on_checkpoint=wm_checkpoint)
-        if a.save_students:
-            model.save_pretrained(work / "student_watermarked"), tok.save_pretrained(work / "student_watermarked")
-        del model
-        cn = a.control_n
-        ctrl_points = sorted({n for n in ns if n < cn} | {cn})
+            def wm_checkpoint(model, tok, n, st):
+                record(f"watermarked_n{n}", a.wm_config, n, st, model, tok)
+
+            model, tok, _ = sft(init, pairs_of(a.wm_config, max(ns)), 1, a.lr, a.batch, a.device, shuffle=False,
+                                checkpoints=ns, on_checkpoint=wm_checkpoint)
+            if a.save_students:
+                model.save_pretrained(work / "student_watermarked"), tok.save_pretrained(work / "student_watermarked")
+            del model
+            return {"wall_s": time.time() - t_w, "cpu_s": cpu_clock() - t_c}
+
+        ctrl_points = [cn] if a.control_final_only else sorted({n for n in ns if n < cn} | {cn})
 
         def ctrl_checkpoint(model, tok, n, st):  # black box only for the final control
             record(f"control_n{n}", "none", n, st, model, tok, blackbox=n == cn)
 
-        if cn > 0:
-            model, tok, _ = sft(init, pairs_of("none", cn), 1, a.lr, a.batch, a.device, shuffle=False,
-                                checkpoints=ctrl_points, on_checkpoint=ctrl_checkpoint)
-            if a.save_students:
-                model.save_pretrained(work / "student_control"), tok.save_pretrained(work / "student_control")
-            del model
+        def train_control() -> dict:
+            t_w, t_c = time.time(), cpu_clock()
+            if cn > 0:
+                model, tok, _ = sft(init, pairs_of("none", cn), 1, a.lr, a.batch, a.device, shuffle=False,
+                                    checkpoints=ctrl_points, on_checkpoint=ctrl_checkpoint)
+                if a.save_students:
+                    model.save_pretrained(work / "student_control"), tok.save_pretrained(work / "student_control")
+                del model
+            return {"wall_s": time.time() - t_w, "cpu_s": cpu_clock() - t_c}
+
+        if a.parallel_students:
+            def control_then_base() -> dict:
+                out = train_control()
+                if not a.no_base:
+                    base_audit()
+                return out
+
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                fw, fc = pool.submit(train_watermarked), pool.submit(control_then_base)
+                threads_stage = {"watermarked": fw.result(),
+                                 "control" if a.no_base else "control_then_base_audit": fc.result()}
+            result["thread_stages"] = threads_stage | {
+                "note": "--parallel-students: the watermarked student on one thread, the control (then the base "
+                        "audit) on another, torch single-threaded; cpu_s are per thread"}
+        else:
+            train_watermarked()
+            train_control()
     else:
         runs = [(f"watermarked_n{n}", a.wm_config, n) for n in ns] + [(f"control_n{a.control_n}", "none", a.control_n)]
         for label, cfg, n in runs:
@@ -320,15 +540,15 @@ def main() -> None:
             record(label, cfg, n, train, model, tok)
             del model
     result["students_stage"] = {"wall_s": time.time() - t_stage[0], "cpu_s": time.process_time() - t_stage[1],
-                                "note": "training and every audit of the students"}
-    if not a.no_base:
-        result["base_model_never_trained"] = audits(base_model, base_tok, "base SmolLM2 (generated the texts)",
-                                                    a.base_read or max(ns), True)
+                                "note": "training and every audit of the students (process CPU time)"}
     p_max = result["students"].get(f"watermarked_n{max(ns)}", {}).get("open_weights", {}).get("p_value")
     ctrl = result["students"].get(f"control_n{a.control_n}")
     pc = ctrl["open_weights"]["p_value"] if ctrl else None
     result["goals"] = {f"open_weights_p_at_n{max(ns)}<=1e-6": None if p_max is None else p_max <= 1e-6,
                        f"control_n{a.control_n}_open_weights_p>0.01": None if pc is None else pc > 0.01}
+    if not a.no_base and "base_model_never_trained" not in result:
+        save_partial("the base-model audit is still running")  # the students' numbers are complete
+        base_audit()
     print("wrote", write_result(a.name, result))
 
 

@@ -72,3 +72,82 @@ def test_radio_order_restricts_to_subsets():
     sub = [i for i in range(200) if i % 3]
     assert radio_order(sub) == [i for i in full if i % 3]
     assert radio_order(list(reversed(sub))) == radio_order(sub)
+
+
+def test_kept_layers_drop_every_fifth_or_keep_every_other():
+    from watermark_radioactivity import kept_layers
+
+    keep = kept_layers(30, drop_every=5)
+    assert len(keep) == 24
+    assert sorted(set(range(30)) - set(keep)) == [4, 9, 14, 19, 24, 29]
+    assert kept_layers(30) == list(range(0, 30, 2))  # the earlier runs' student: 15 of 30
+    assert kept_layers(30, keep_every=3, drop_every=5) == keep  # drop_every wins
+    with pytest.raises(SystemExit):
+        kept_layers(30, drop_every=1)
+
+
+@pytest.mark.slow
+def test_layer_dropped_student_has_exactly_the_kept_layers(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from watermark_radioactivity import layer_dropped_student
+
+    from distillguard.engines.tiny import make_tiny_model
+
+    src = make_tiny_model(tmp_path / "tiny5", n_layers=5)
+    full = AutoModelForCausalLM.from_pretrained(src)
+    for kw, keep in (({"drop_every": 5}, [0, 1, 2, 3]), ({"keep_every": 2}, [0, 2, 4])):
+        out = layer_dropped_student(src, tmp_path / f"student_{len(keep)}", **kw)
+        student = AutoModelForCausalLM.from_pretrained(out)
+        assert student.config.num_hidden_layers == len(keep) == len(student.model.layers)
+        for new_i, old_i in enumerate(keep):
+            a, b = student.model.layers[new_i].state_dict(), full.model.layers[old_i].state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in b)
+        ids = torch.tensor([[1, 2, 3, 4]])
+        assert torch.isfinite(student(input_ids=ids).logits).all()
+
+
+@pytest.mark.slow
+def test_answer_loss_is_the_training_loss_without_the_update(tiny):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from watermark_radioactivity import answer_loss, batch_tensors, sft_examples
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    pairs = _pairs(5)
+    ids, labels, attn = batch_tensors(sft_examples(tok, pairs), tok.pad_token_id or 0)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=attn, labels=labels).loss.item()
+    got = answer_loss(model, tok, pairs, "cpu", batch=5)
+    assert got["answer_tokens"] == int((labels != -100).sum()) == sum(len(a) + (s and 1) for _, a, s in pairs)
+    assert got["loss"] == pytest.approx(want, rel=1e-5)
+    # batching does not change the per-token mean
+    assert answer_loss(model, tok, pairs, "cpu", batch=2)["loss"] == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_reading_audits_from_one_read_equal_the_library_audit(tiny):
+    """The bench reads the texts once for the plain and the filter-seen audit: same numbers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from watermark_radioactivity import reading_audits
+
+    from distillguard.watermark.audit import Example, audit_loaded_model
+    from distillguard.watermark.keys import KeyRing
+    from distillguard.watermark.schemes import SchemeParams
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    ring = KeyRing.from_secret(b"bench-test-secret-0123456789")
+    examples = [Example(prompt=[{"role": "user", "content": f"Tell me about topic {i}."}],
+                        answer=f"Topic {i} is about the river, the city and the light of day number {i * 7}.")
+                for i in range(6)]
+    for params in (SchemeParams(scheme="gumbel", context_width=1, skip_repeated=True),
+                   SchemeParams(gamma=0.25, delta=2.0, context_width=2)):
+        res, filt = reading_audits(model, tok, examples, params, ring, "tiny", None, 2, filter_seen=True)
+        for got, fs in ((res, False), (filt, True)):
+            want = audit_loaded_model(model, tok, examples, params, ring, control_keys=2, progress=False,
+                                      filter_seen=fs)
+            assert (got.tuples_scored, got.score, got.p_value) == (want.tuples_scored, want.score, want.p_value)
+            assert got.tuples_scored >= 10
+        assert reading_audits(model, tok, examples, params, ring, "tiny", None, 2)[1] is None
