@@ -309,6 +309,9 @@ def main() -> None:
                          "single-threaded (the base audit follows the control); same numbers, better use of a "
                          "busy 2-core machine than one student with 2 torch threads")
     ap.add_argument("--no-base", action="store_true", help="skip auditing the untouched base model")
+    ap.add_argument("--control-only", action="store_true",
+                    help="train and audit only the control student (its watermarked counterpart ran before, "
+                         "with the same order and recipe; the control reads the first --control-n watermarked texts)")
     ap.add_argument("--base-read", type=int, default=0,
                     help="watermarked texts the base model reads (the first N of the order; 0: max(ns))")
     ap.add_argument("--filter-seen", action="store_true", help="also the reading audit restricted to seen windows")
@@ -429,7 +432,7 @@ def main() -> None:
             "ns": ns, "control_n": a.control_n, "control_final_only": a.control_final_only,
             "prompts_available": len(idxs),
             "base_read": a.base_read or max(ns), "threads": 1 if a.parallel_students else a.threads,
-            "parallel_students": a.parallel_students, "heldout": a.heldout, "note": a.note,
+            "parallel_students": a.parallel_students, "control_only": a.control_only, "heldout": a.heldout, "note": a.note,
         },
         "students": {},
     }
@@ -530,6 +533,8 @@ def main() -> None:
             result["thread_stages"] = threads_stage | {
                 "note": "--parallel-students: the watermarked student on one thread, the control (then the base "
                         "audit) on another, torch single-threaded; cpu_s are per thread"}
+        elif a.control_only:
+            train_control()
         else:
             train_watermarked()
             train_control()
