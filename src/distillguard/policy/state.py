@@ -58,6 +58,17 @@ _COMMON: dict[str, float] = {}
 NO_RISK = AccountRisk(risk=0.0, source="none")
 
 
+def _put_bounded(table: OrderedDict[Any, Any], key: Any, value: Any, cap: int) -> None:
+    """Insert a new key, dropping the oldest entry once ``table`` holds more than ``cap``
+    (another request thread may have dropped it first: that is fine)."""
+    table[key] = value
+    if len(table) > cap:
+        try:
+            table.popitem(last=False)
+        except KeyError:
+            pass
+
+
 @dataclass(frozen=True)
 class Effective:
     """What the policy reads for one account: its own risk, its cluster's, and which won."""
@@ -348,12 +359,7 @@ class RiskBoard:
         """``account`` (flagged) sent a request from ``ip`` at ``ts``."""
         seen = self._hot.get(ip)
         if seen is None:
-            self._hot[ip] = {account: ts}
-            if len(self._hot) > cap:
-                try:
-                    self._hot.popitem(last=False)
-                except KeyError:
-                    pass
+            _put_bounded(self._hot, ip, {account: ts}, cap)
             return
         if seen.get(account, -1.0) < ts:
             self._hot[ip] = {**seen, account: ts}  # replace, never mutate: readers see a whole dict
@@ -378,12 +384,7 @@ class RiskBoard:
         for key in keys:
             seen = self._hot_tpl.get(key)
             if seen is None:
-                self._hot_tpl[key] = {account: ts}
-                if len(self._hot_tpl) > cap:
-                    try:
-                        self._hot_tpl.popitem(last=False)
-                    except KeyError:
-                        pass
+                _put_bounded(self._hot_tpl, key, {account: ts}, cap)
             elif seen is _COMMON:
                 continue
             elif account not in seen and len(seen) >= max_accounts:
