@@ -174,6 +174,16 @@ def summarise(steps: list[float], nll: list[np.ndarray], base_nll: list[np.ndarr
     return out
 
 
+def null_summary(pv: list[float]) -> dict:
+    from scipy import stats
+
+    x = np.array(pv)
+    return {"answers": len(x), "share_p<0.01": float(np.mean(x < 0.01)) if len(x) else None,
+            "share_p<0.05": float(np.mean(x < 0.05)) if len(x) else None,
+            "min_p": float(x.min()) if len(x) else None,
+            "ks_uniform_p": float(stats.kstest(x, "uniform").pvalue) if len(x) > 1 else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="wm_chat_hf.jsonl")
@@ -186,6 +196,12 @@ def main() -> None:
     ap.add_argument("--sim", action="store_true", help="also the teacher-forced simulation sweep (slow on a CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--configs", default="", help="comma-separated watermarked configs to compare (default: all cached)")
+    ap.add_argument("--gates", default="",
+                    help="entropy-aware detection of our configs, comma-separated: entropy:X scores only positions "
+                         "where the model's entropy at the generation temperature is >= X nats (what "
+                         "watermark.entropy.EntropyGate does); prob:Y (exploration) only positions where the chosen "
+                         "token had probability <= Y. Each gate is reported as its own row '<config>@<gate>', "
+                         "and its null on the unwatermarked answers under 'null_gated'")
     a = ap.parse_args()
     global HORIZON
     HORIZON = a.horizon
@@ -224,6 +240,27 @@ def main() -> None:
     real_base_nll = {k: [] for k in real_names}  # the unwatermarked answers of the same prompts
     real_len = {k: [] for k in real_names}
     rep4 = {k: [] for k in ["none", *real_names]}
+    gates = [g for g in a.gates.split(",") if g]
+    for g in gates:
+        kind, _, val = g.partition(":")
+        if kind not in ("entropy", "prob") or not val:
+            raise SystemExit(f"--gates: bad gate {g!r}; use entropy:X or prob:Y")
+    gated_names = [f"{n}@{g}" for n in real_names if n != HF_ANCHOR for g in gates]
+    for k in gated_names:
+        real_steps[k], real_nll[k], real_base_nll[k], real_len[k], rep4[k] = [], [], [], [], []
+    null_gated: dict[str, list[float]] = {k: [] for k in gated_names}  # final p of unwatermarked answers
+    null_plain: dict[str, list[float]] = {k: [] for k in real_names if k != HF_ANCHOR}
+
+    def gate_masks(logits: torch.Tensor, ids: list[int]) -> dict[str, np.ndarray]:
+        """Eligible positions under every gate, from the model's logits at the generation temperature."""
+        lp = torch.log_softmax(logits / T, -1)
+        ent = (-(lp.exp() * lp).sum(-1)).numpy()
+        chosen = lp[torch.arange(len(ids)), torch.tensor(ids)].exp().numpy()
+        out = {}
+        for g in gates:
+            kind, _, val = g.partition(":")
+            out[g] = ent >= float(val) if kind == "entropy" else chosen <= float(val)
+        return out
 
     def forward(prompt: str, ans_ids: list[int]) -> tuple[list[int], torch.Tensor]:
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
@@ -251,6 +288,13 @@ def main() -> None:
             bn = nll_of(logits, ans)
         base_nll.append(bn)
         rep4["none"].append(repeated_4gram_share(ans))
+        if gates or null_plain:  # the null: unwatermarked answers tested under each detector (key unused)
+            base_masks = gate_masks(forward(base["prompt"], ans)[1], ans) if gates else {}
+            for name in null_plain:
+                wm = Watermark(CONFIGS[name], BENCH_SECRET)
+                null_plain[name].append(float(prefix_p_values(wm, ans)[-1]))
+                for g in gates:
+                    null_gated[f"{name}@{g}"].append(float(prefix_p_values(wm, ans, base_masks[g])[-1]))
         # -- real watermarked answers of this prompt, detected from their re-tokenised text
         for name in real_names:
             w_ans = tok(d[name]["text"], add_special_tokens=False)["input_ids"][:HORIZON]
@@ -269,6 +313,16 @@ def main() -> None:
                 _, wl = forward(base["prompt"], w_ans)
                 real_nll[name].append(nll_of(wl, w_ans))
             real_base_nll[name].append(bn)
+            if gates and name != HF_ANCHOR:
+                masks = gate_masks(forward(base["prompt"], w_ans)[1], w_ans)
+                for g in gates:
+                    k = f"{name}@{g}"
+                    pv = prefix_p_values(Watermark(CONFIGS[name], BENCH_SECRET), w_ans, masks[g])
+                    real_steps[k].append(tokens_to_threshold(pv))
+                    real_len[k].append(len(w_ans))
+                    rep4[k].append(rep4[name][-1])
+                    real_nll[k].append(real_nll[name][-1])
+                    real_base_nll[k].append(bn)
         if not a.sim:
             continue
         # -- teacher-forced simulation of every scheme at every position of the base answer
@@ -326,6 +380,12 @@ def main() -> None:
         sim_nll["hf_kgw_anchor_bias2"].append(np.array(nll))
 
     def describe(name: str) -> dict:
+        if "@" in name:
+            base_name, _, g = name.partition("@")
+            kind, _, val = g.partition(":")
+            return CONFIGS[base_name].describe() | {
+                "detection_gate": {"kind": kind, "threshold": float(val), "temperature": T,
+                                   "model": "the unwatermarked SmolLM2 with the chat prompt"}}
         if name == HF_ANCHOR:
             return {"scheme": "transformers WatermarkLogitsProcessor", "seeding_scheme": "lefthash",
                     "context_width": 1, "greenlist_ratio": 0.25, "bias": 2.0, "applied": "after temperature"}
@@ -340,7 +400,7 @@ def main() -> None:
             "prompt_source": "../shared/datasets chat sets (vicuna, mt_bench turn 1, self-instruct user-oriented and "
                              "seed tasks), shuffled seed 1234; report split idx >= 40, tune split idx < 40; "
                              "prompts of at most 80 tokens",
-            "real_params": {k: describe(k) for k in real_names},
+            "real_params": {k: describe(k) for k in [*real_names, *gated_names]},
             "detection": "re-tokenised answer text; each distinct (window, token) scored once; exact p-value "
                          "(binomial tail for green lists, gamma tail for Gumbel)",
             "perplexity": "answers scored under the unwatermarked model at temperature 1, token-weighted, first "
@@ -356,7 +416,11 @@ def main() -> None:
         "real": {k: summarise(real_steps[k], real_nll[k], real_base_nll[k], lengths=real_len[k])
                  | {"mean_answer_tokens": float(np.mean(real_len[k])) if real_len[k] else None,
                     "mean_repeated_4gram_share": float(np.mean(rep4[k])) if rep4[k] else None,
-                    "answers_over_half_repeated_4grams": int(np.sum(np.array(rep4[k]) > 0.5))} for k in real_names},
+                    "answers_over_half_repeated_4grams": int(np.sum(np.array(rep4[k]) > 0.5))}
+                 for k in [*real_names, *gated_names]},
+        # H0: the unwatermarked answers of the same prompts tested under each detector; the final
+        # p-values should be uniform (share below 0.01 about 0.01, Kolmogorov-Smirnov p not tiny)
+        "null": {k: null_summary(v) for k, v in {**null_plain, **null_gated}.items()},
     }
     if a.sim:
         result["setup"]["sim_params"] = {k: v.describe() for k, v in SIM.items()}
@@ -364,7 +428,7 @@ def main() -> None:
     path = write_result(a.name, result)
     import json
 
-    print(json.dumps({"real": result["real"], "sim": result.get("sim")}, indent=1))
+    print(json.dumps({"real": result["real"], "null": result["null"], "sim": result.get("sim")}, indent=1))
     print("wrote", path)
 
 

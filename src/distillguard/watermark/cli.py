@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from distillguard import jsonl
+from distillguard.watermark.entropy import DEFAULT_MIN_ENTROPY
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -58,6 +59,12 @@ def detect(
     events: Annotated[bool, typer.Option("--events", help="FILE is an events JSONL: test each response and all pooled.")] = False,
     ids: Annotated[bool, typer.Option("--ids", help="FILE holds a JSON list of token ids (served model's tokenizer).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    scoring_model: Annotated[Optional[str], typer.Option(
+        help="Entropy-aware detection: score only positions where this model (HF folder, .gguf, or 'served' "
+             "for the packaged SmolLM2) had entropy >= --min-entropy. Same tokenizer as the served model.")] = None,
+    min_entropy: Annotated[float, typer.Option(help="Entropy gate in nats (with --scoring-model).")] = DEFAULT_MIN_ENTROPY,
+    temperature: Annotated[float, typer.Option(
+        help="Sampling temperature the text was served at (with --scoring-model; events use their own).")] = 1.0,
 ) -> None:
     """Test a text (or every response of an events export) for the watermark; exact p-values."""
     from distillguard.watermark.detect import DetectionInputError, Detector
@@ -65,6 +72,10 @@ def detect(
 
     if not 0 < fpr < 1:
         raise _fail(f"--fpr must be in (0, 1), got {fpr}")
+    if scoring_model is None and (min_entropy != DEFAULT_MIN_ENTROPY or temperature != 1.0):
+        raise _fail("--min-entropy and --temperature only apply with --scoring-model")
+    if temperature <= 0:
+        raise _fail(f"--temperature must be > 0, got {temperature}")
     cfg, ring, params = _setup(config, key_file, key_env)
     if file == "-":
         raw = sys.stdin.read()
@@ -77,6 +88,17 @@ def detect(
         det = Detector(params, ring, load_tokenizer(cfg.tokenizer_path))
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    gate = _gate(scoring_model, min_entropy, temperature, det.tokenizer) if scoring_model else None
+
+    def masks(items: list[tuple[Any, list[int], float | None]]) -> list[Any] | None:
+        """Eligibility masks (prompt, answer ids, temperature) when entropy-aware, else None."""
+        if gate is None:
+            return None
+        out = []
+        for prompt, answer_ids, temp in items:
+            gate.temperature = temp if temp and temp > 0 else temperature
+            out.append(gate.eligible(gate.model.prompt_ids(prompt), answer_ids))
+        return out
 
     try:
         if ids:
@@ -85,25 +107,51 @@ def detect(
                 assert isinstance(token_ids, list) and all(isinstance(x, int) for x in token_ids)
             except (json.JSONDecodeError, AssertionError):
                 raise _fail("--ids expects a JSON list of integers, e.g. [12, 345, 6]") from None
-            result = det.detect_ids([token_ids], fpr).to_dict()
+            result = det.detect_ids([token_ids], fpr, masks([(None, token_ids, None)])).to_dict()
         elif not events:
-            result = det.detect_text(raw, fpr).to_dict()
+            enc = det.encode(raw)
+            result = det.detect_ids([enc], fpr, masks([(None, enc, None)])).to_dict()
         else:
             from distillguard.events import read_events
 
-            texts = [ev.response.text for ev in read_events(jsonl.lines(raw)) if ev.response and ev.response.text]
-            if not texts:
+            evs = [ev for ev in read_events(jsonl.lines(raw)) if ev.response and ev.response.text]
+            if not evs:
                 raise _fail("no events with a response text in the input")
+            encoded = [det.encode(ev.response.text) for ev in evs]
+            ms = masks([(ev.messages() or ev.request.get("prompt"), e, ev.request.get("temperature"))
+                        for ev, e in zip(evs, encoded)])
             per_text = []
-            for i, t in enumerate(texts):
+            for i, e in enumerate(encoded):
                 try:
-                    per_text.append({"index": i, **det.detect_text(t, fpr).to_dict()})
+                    m = None if ms is None else [ms[i]]
+                    per_text.append({"index": i, **det.detect_ids([e], fpr, m).to_dict()})
                 except DetectionInputError as exc:
                     per_text.append({"index": i, "error": str(exc)})
-            result = {"pooled": det.detect_texts(texts, fpr).to_dict(), "texts": per_text}
+            result = {"pooled": det.detect_ids(encoded, fpr, ms).to_dict(), "texts": per_text}
+        if gate is not None:
+            gate.temperature = temperature
+            (result.get("pooled", result))["entropy_gate"] = gate.describe() | (
+                {"temperature": "each event's own (else --temperature)"} if events else {})
     except DetectionInputError as exc:
         raise _fail(str(exc)) from None
     _print(result, as_json)
+
+
+def _gate(path: str, min_entropy: float, temperature: float, tokenizer: Any):
+    """The EntropyGate for --scoring-model, or a one-line failure."""
+    from distillguard.models import ModelNotInstalled
+    from distillguard.watermark.entropy import EntropyGate, ScoringModel, ScoringModelError
+
+    try:
+        if path == "served":
+            from distillguard.models import smollm2_gguf
+
+            path = str(smollm2_gguf())
+        model = ScoringModel.load(path)
+        model.check_tokenizer(tokenizer)
+        return EntropyGate(model, min_entropy=min_entropy, temperature=temperature)
+    except (ScoringModelError, ModelNotInstalled, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:

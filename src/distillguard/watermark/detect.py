@@ -69,13 +69,18 @@ def z_score_p_value(params: SchemeParams, n: int, greens: float) -> float:
 
 
 def score_tuples(
-    wm: Watermark, ids: Sequence[int], seen: set[tuple] | None = None
+    wm: Watermark, ids: Sequence[int], seen: set[tuple] | None = None,
+    eligible: Sequence[bool] | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-position (scored?, contribution) for one token sequence; updates ``seen`` in place.
 
     With ``skip_repeated`` only the first occurrence of each window in this sequence can be
-    scored (later ones were generated without the watermark).
+    scored (later ones were generated without the watermark). ``eligible`` (one bool per
+    position, from ``entropy.EntropyGate``) restricts scoring to the positions it marks; it must
+    be computed from the text alone (never from the key), which keeps the p-values exact.
     """
+    if eligible is not None and len(eligible) != len(ids):
+        raise DetectionInputError(f"eligible mask has {len(eligible)} entries for {len(ids)} tokens")
     h = wm.params.context_width
     seen = set() if seen is None else seen
     windows: set[tuple[int, ...]] = set()
@@ -88,6 +93,8 @@ def score_tuples(
             if window in windows:
                 continue
             windows.add(window)
+        if eligible is not None and not eligible[i]:
+            continue
         key = wm.dedup_key(window, token)
         if key in seen:
             continue
@@ -97,9 +104,9 @@ def score_tuples(
     return scored, contrib
 
 
-def prefix_p_values(wm: Watermark, ids: Sequence[int]) -> np.ndarray:
+def prefix_p_values(wm: Watermark, ids: Sequence[int], eligible: Sequence[bool] | None = None) -> np.ndarray:
     """p-value after each prefix of ``ids`` (what "tokens needed to reach p < x" is read from)."""
-    scored, contrib = score_tuples(wm, ids)
+    scored, contrib = score_tuples(wm, ids, eligible=eligible)
     n = np.cumsum(scored)
     s = np.cumsum(contrib)
     if wm.params.scheme == "kgw":
@@ -138,9 +145,17 @@ class Detector:
         return out
 
     # -- detection ------------------------------------------------------------------
-    def detect_ids(self, texts: Iterable[Sequence[int]], fpr: float = 1e-5) -> DetectionResult:
-        """Pooled test over one or more token sequences; tuples are deduplicated across all."""
+    def detect_ids(
+        self, texts: Iterable[Sequence[int]], fpr: float = 1e-5,
+        eligible: Sequence[Sequence[bool] | np.ndarray] | None = None,
+    ) -> DetectionResult:
+        """Pooled test over one or more token sequences; tuples are deduplicated across all.
+
+        ``eligible``: one mask per sequence (entropy-aware detection, see ``entropy.py``).
+        """
         seqs = [self.check_ids(t) for t in texts]
+        if eligible is not None and len(eligible) != len(seqs):
+            raise DetectionInputError(f"{len(eligible)} eligibility masks for {len(seqs)} texts")
         h = self.params.context_width
         total = sum(len(s) for s in seqs)
         if not seqs or all(len(s) <= h for s in seqs):
@@ -152,8 +167,8 @@ class Detector:
         for key_id, wm in self.marks:
             seen: set[tuple] = set()
             n, score = 0, 0.0
-            for s in seqs:
-                scored, contrib = score_tuples(wm, s, seen)
+            for j, s in enumerate(seqs):
+                scored, contrib = score_tuples(wm, s, seen, None if eligible is None else eligible[j])
                 n += int(scored.sum())
                 score += float(contrib.sum())
             p = p_value(self.params, n, score)

@@ -1,0 +1,135 @@
+"""Entropy-aware detection: score only the positions where the model had a real choice.
+
+A distortion-free watermark can only hide evidence where the model was uncertain. At a position
+where the model puts 0.99 on one token, the Gumbel draw of the chosen token is almost exactly
+Uniform(0, 1) even in watermarked text, so its score adds an Exp(1) of pure noise to the sum.
+Chat answers from a small model at temperature 0.7 are full of such positions (the second half
+of a word, "of the", punctuation), and they are what makes a plain detector need many tokens.
+
+The key holder usually has the model (or any model with the same tokenizer), so detection can
+ask it, for every position of the text, how much entropy the next-token distribution had, and
+score only the positions at or above a threshold (SWEET, Lee et al. 2023, does this for green
+lists). The p-value stays exact: under H0 the text was written without the key, so the keyed
+draws of distinct (window, token) tuples are i.i.d. uniform *whatever* rule picks the positions,
+as long as the rule looks at the text and the model only, never at the key. Which model, which
+temperature, with or without the prompt: these change the power, never the false-positive rate.
+
+    gate = EntropyGate(ScoringModel.load("path/to/model"), min_entropy=0.8, temperature=0.7)
+    mask = gate.eligible(prompt_ids, answer_ids)   # bool per answer position
+    Detector(...).detect_ids([answer_ids], eligible=[mask])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+#: default gate (nats); chosen on the tuning split of bench/watermark_power.py (see the README)
+DEFAULT_MIN_ENTROPY = 0.5
+
+
+class ScoringModelError(ValueError):
+    """The scoring model cannot be used (missing, other tokenizer); the message says what to fix."""
+
+
+class ScoringModel:
+    """A local causal LM (transformers, float32, CPU) read for its next-token entropies."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "model", max_len: int = 2048):
+        self.model, self.tokenizer, self.name, self.max_len = model, tokenizer, name, max_len
+
+    @classmethod
+    def load(cls, path: Path | str) -> ScoringModel:
+        """From an HF model folder or a .gguf file (the served SmolLM2 GGUF works)."""
+        from distillguard.watermark.audit import AuditError, load_suspect
+
+        try:
+            model, tok = load_suspect(path)
+        except AuditError as exc:
+            raise ScoringModelError(str(exc).replace("suspect model", "scoring model")) from None
+        return cls(model, tok, name=str(path))
+
+    def check_tokenizer(self, reference: Any | None) -> None:
+        """Raise unless this model tokenises like the watermark's tokenizer (``encode(str)``)."""
+        if reference is None:
+            return
+        probe = "Entropy probe: the quick brown fox, 1234 — naïve café."
+        if list(self.tokenizer(probe, add_special_tokens=False)["input_ids"]) != list(reference.encode(probe)):
+            raise ScoringModelError(
+                f"the scoring model {self.name} tokenises differently from the watermarked model: "
+                "entropy-aware detection needs a model with the same tokenizer (e.g. the served model)"
+            )
+
+    def prompt_ids(self, messages: list[dict[str, Any]] | str | None) -> list[int]:
+        """Token ids of the context before the answer: chat template with the assistant header."""
+        if not messages:
+            return []
+        if isinstance(messages, list) and getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        elif isinstance(messages, list):
+            text = "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+        else:
+            text = messages
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def entropies(self, prompt_ids: Sequence[int], answer_ids: Sequence[int], temperature: float = 1.0) -> np.ndarray:
+        """Entropy (nats) of the distribution that produced each answer token, at ``temperature``.
+
+        Position i is predicted from prompt + answer[:i]. Without a prompt, position 0 has no
+        context and gets entropy 0 (never eligible). Texts longer than ``max_len`` are read in
+        windows that overlap by half, so every position keeps at least max_len/2 tokens of context.
+        """
+        import torch
+
+        if temperature <= 0:
+            raise ScoringModelError(f"temperature must be > 0, got {temperature}")
+        prompt, answer = [int(x) for x in prompt_ids], [int(x) for x in answer_ids]
+        out = np.zeros(len(answer), dtype=np.float64)
+        ids = prompt + answer
+        start = len(prompt)  # index in ids of the first answer token
+        step = max(1, self.max_len // 2)
+        lo = 0
+        with torch.inference_mode():
+            while True:
+                hi = min(len(ids), lo + self.max_len)
+                if hi - lo >= 2:
+                    logits = self.model(input_ids=torch.tensor([ids[lo:hi]], device=self.model.device)).logits[0]
+                    logp = torch.log_softmax(logits.double() / temperature, -1)
+                    ent = -(logp.exp() * logp).sum(-1).cpu().numpy()  # ent[j] predicts ids[lo + j + 1]
+                    for j in range(len(ent) - 1):
+                        pos = lo + j + 1 - start
+                        # a later window only fills the positions past the previous one's end
+                        if pos >= 0 and (lo == 0 or j >= self.max_len - step - 1):
+                            out[pos] = ent[j]
+                if hi >= len(ids):
+                    break
+                lo += step
+        return out
+
+
+@dataclass
+class EntropyGate:
+    """Which positions detection scores: model entropy at ``temperature`` >= ``min_entropy`` nats."""
+
+    model: ScoringModel
+    min_entropy: float = DEFAULT_MIN_ENTROPY
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.min_entropy < 0:
+            raise ScoringModelError(f"min_entropy must be >= 0 nats, got {self.min_entropy}")
+        if self.temperature <= 0:
+            raise ScoringModelError(f"temperature must be > 0, got {self.temperature}")
+
+    def eligible(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+        ent = self.model.entropies(prompt_ids, answer_ids, self.temperature)
+        return ent >= self.min_entropy
+
+    def describe(self) -> dict[str, object]:
+        return {"scoring_model": self.model.name, "min_entropy_nats": self.min_entropy,
+                "temperature": self.temperature}
