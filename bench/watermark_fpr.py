@@ -62,7 +62,9 @@ def windows(ids: list[int], length: int, stride: int) -> list[list[int]]:
     return [ids[i : i + length] for i in range(0, len(ids) - length + 1, stride)]
 
 
-def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True) -> np.ndarray:
+def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True,
+                 masks: list[np.ndarray] | None = None) -> np.ndarray:
+    """Final p-value of each window; ``masks`` (entropy-aware detection) limits the scored positions."""
     wm = Watermark(params, BENCH_SECRET, cache_size=1)
     h = params.context_width
     memo: dict[tuple, float] = {}
@@ -77,6 +79,8 @@ def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True
                 if tup[:-1] in windows_seen:
                     continue
                 windows_seen.add(tup[:-1])
+            if masks is not None and not masks[j][i]:
+                continue
             key = wm.dedup_key(tup[:-1], tup[-1])
             if dedup:
                 if key in seen:
@@ -89,6 +93,35 @@ def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True
             s += v
         out[j] = p_value(params, n, s)
     return out
+
+
+def entropy_masks(wins: list[list[int]], min_entropy: float, temperature: float, batch: int = 64) -> list[np.ndarray]:
+    """What `watermark detect --scoring-model` computes for each window read on its own (no prompt):
+    SmolLM2's entropy at every position, gated at ``min_entropy``. Windows of one length share a batch."""
+    import torch
+    from rich.progress import Progress
+
+    from watermark_power import load_model
+
+    model, _ = load_model()
+    out: list[np.ndarray | None] = [None] * len(wins)
+    by_len: dict[int, list[int]] = {}
+    for j, w in enumerate(wins):
+        by_len.setdefault(len(w), []).append(j)
+    with Progress() as prog, torch.inference_mode():
+        task = prog.add_task("entropy masks", total=len(wins))
+        for length, js in by_len.items():
+            for k in range(0, len(js), batch):
+                part = js[k : k + batch]
+                logits = model(input_ids=torch.tensor([wins[j] for j in part])).logits.double() / temperature
+                lp = torch.log_softmax(logits, -1)
+                ent = -(lp.exp() * lp).sum(-1).numpy()  # ent[:, i] predicts position i + 1
+                for row, j in enumerate(part):
+                    m = np.zeros(length, dtype=bool)
+                    m[1:] = ent[row, :-1] >= min_entropy
+                    out[j] = m
+                prog.advance(task, len(part))
+    return out  # type: ignore[return-value]
 
 
 def rates(ps: np.ndarray) -> dict:
@@ -104,6 +137,11 @@ def main() -> None:
     ap.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated subset of the schemes")
     ap.add_argument("--answers-cache", default="wm_chat_hf.jsonl", help="unwatermarked SmolLM2 answers (config none)")
     ap.add_argument("--name", default="watermark_fpr")
+    ap.add_argument("--gate-entropy", type=float, default=None,
+                    help="also entropy-aware detection (SmolLM2 entropy >= this many nats, each window read alone)")
+    ap.add_argument("--gate-temperature", type=float, default=0.7)
+    ap.add_argument("--gate-windows", type=int, default=30000,
+                    help="entropy-aware detection on this many evenly spaced windows (one forward pass each)")
     a = ap.parse_args()
     from rich.progress import track
     from scipy import stats
@@ -119,6 +157,10 @@ def main() -> None:
         print(f"warning: only {len(wins)} windows (< {a.min_texts})", file=sys.stderr)
     result: dict = {"texts": {"dataset_windows": len(wins), "documents": len(docs), "window_tokens": a.length,
                               "stride": a.stride, "smollm2_answers": len(answers)}, "schemes": {}}
+    if a.gate_entropy is not None:  # one forward pass per window, shared by every scheme
+        sub = np.unique(np.linspace(0, len(wins) - 1, min(a.gate_windows, len(wins))).astype(int))
+        sub_wins = [wins[j] for j in sub]
+        masks = entropy_masks(sub_wins, a.gate_entropy, a.gate_temperature)
     for name in a.schemes.split(","):
         params = SCHEMES[name]
         ps = test_windows(params, wins)
@@ -128,6 +170,16 @@ def main() -> None:
             pa = test_windows(params, answers)
             pa_nodedup = test_windows(params, answers, dedup=False)
             entry["smollm2_answers"] = {"dedup": rates(pa), "no_dedup": rates(pa_nodedup), "n": len(answers)}
+        if a.gate_entropy is not None:
+            pg = test_windows(params, sub_wins, masks=masks)
+            entry["entropy_gated"] = {
+                "min_entropy_nats": a.gate_entropy, "temperature": a.gate_temperature,
+                "windows": len(sub_wins), "selection": "evenly spaced over all dataset windows",
+                "mean_positions_scored_share": float(np.mean([m[params.context_width:].mean() for m in masks])),
+                "gated": rates(pg), "plain_same_windows": rates(ps[sub]),
+                "ks_uniform_pvalue_first_5000": float(
+                    stats.kstest(pg[:: max(1, len(pg) // 5000)], "uniform").pvalue)}
+            print(name, "gated", json.dumps(entry["entropy_gated"]["gated"]), flush=True)
         result["schemes"][name] = entry
         print(name, json.dumps(entry["dataset_windows"]["p<1e-05"]), flush=True)
     print("wrote", write_result(a.name, result))

@@ -242,9 +242,10 @@ def main() -> None:
     rep4 = {k: [] for k in ["none", *real_names]}
     gates = [g for g in a.gates.split(",") if g]
     for g in gates:
-        kind, _, val = g.partition(":")
-        if kind not in ("entropy", "prob") or not val:
-            raise SystemExit(f"--gates: bad gate {g!r}; use entropy:X or prob:Y")
+        for part in g.split("+"):
+            kind, _, val = part.partition(":")
+            if kind not in ("entropy", "prob") or not val:
+                raise SystemExit(f"--gates: bad gate {g!r}; use entropy:X, prob:Y or entropy:X+prob:Y")
     gated_names = [f"{n}@{g}" for n in real_names if n != HF_ANCHOR for g in gates]
     for k in gated_names:
         real_steps[k], real_nll[k], real_base_nll[k], real_len[k], rep4[k] = [], [], [], [], []
@@ -258,8 +259,11 @@ def main() -> None:
         chosen = lp[torch.arange(len(ids)), torch.tensor(ids)].exp().numpy()
         out = {}
         for g in gates:
-            kind, _, val = g.partition(":")
-            out[g] = ent >= float(val) if kind == "entropy" else chosen <= float(val)
+            m = np.ones(len(ids), dtype=bool)
+            for part in g.split("+"):
+                kind, _, val = part.partition(":")
+                m &= ent >= float(val) if kind == "entropy" else chosen <= float(val)
+            out[g] = m
         return out
 
     def forward(prompt: str, ans_ids: list[int]) -> tuple[list[int], torch.Tensor]:
@@ -382,10 +386,10 @@ def main() -> None:
     def describe(name: str) -> dict:
         if "@" in name:
             base_name, _, g = name.partition("@")
-            kind, _, val = g.partition(":")
+            rules = {("min_entropy_nats" if k == "entropy" else "max_token_prob"): float(v)
+                     for k, _, v in (part.partition(":") for part in g.split("+"))}
             return CONFIGS[base_name].describe() | {
-                "detection_gate": {"kind": kind, "threshold": float(val), "temperature": T,
-                                   "model": "the unwatermarked SmolLM2 with the chat prompt"}}
+                "detection_gate": rules | {"temperature": T, "model": "the unwatermarked SmolLM2 with the chat prompt"}}
         if name == HF_ANCHOR:
             return {"scheme": "transformers WatermarkLogitsProcessor", "seeding_scheme": "lefthash",
                     "context_width": 1, "greenlist_ratio": 0.25, "bias": 2.0, "applied": "after temperature"}

@@ -23,7 +23,7 @@ def _mixed_model(rng):
         table[t, rng.integers(VOCAB)] += 12.0  # one successor takes ~all the mass
     logp = table - np.logaddexp.reduce(table, axis=1, keepdims=True)
     ent = -(np.exp(logp) * logp).sum(1)
-    return table.astype(np.float32), ent
+    return table.astype(np.float32), ent, np.exp(logp)
 
 
 def _generate(table, params, key, n, seed):
@@ -43,30 +43,39 @@ def _mask(ids, ent, threshold):
     return np.array([False] + [ent[t] >= threshold for t in ids[:-1]])
 
 
+def _prob_mask(ids, probs, max_prob):
+    # the probability the model gave the token actually written (it depends on the token itself)
+    return np.array([False] + [probs[a, b] <= max_prob for a, b in zip(ids[:-1], ids[1:])])
+
+
 def test_gate_gives_more_power_on_watermarked_text():
     rng = np.random.default_rng(0)
-    table, ent = _mixed_model(rng)
+    table, ent, probs = _mixed_model(rng)
     wm = Watermark(SKIP, KEY)
-    gains = []
+    gains, prob_gains = [], []
     for seed in range(10):
         ids = _generate(table, SKIP, KEY, 120, seed)
         plain = prefix_p_values(wm, ids)[-1]
-        gated = prefix_p_values(wm, ids, _mask(ids, ent, 1.0))[-1]
-        gains.append(np.log10(plain) - np.log10(gated))
+        gains.append(np.log10(plain) - np.log10(prefix_p_values(wm, ids, _mask(ids, ent, 1.0))[-1]))
+        prob_gains.append(np.log10(plain) - np.log10(prefix_p_values(wm, ids, _prob_mask(ids, probs, 0.5))[-1]))
     # dropping the near-certain positions removes noise: the gated p-value is much smaller
-    assert np.median(gains) > 1.0
+    assert np.median(gains) > 1.0 and np.median(prob_gains) > 1.0
 
 
-def test_gated_p_values_are_uniform_under_h0():
+@pytest.mark.parametrize("kind", ["entropy", "prob"])
+def test_gated_p_values_are_uniform_under_h0(kind):
     """The mask depends on the text only, so unwatermarked text still gives uniform p-values."""
     rng = np.random.default_rng(1)
-    table, ent = _mixed_model(rng)
-    ps = []
+    table, ent, probs = _mixed_model(rng)
+    ps, shares = [], []
     for i in range(300):
         ids = _generate(table, None, KEY, 80, 1000 + i)
         det = Detector(SKIP, KeyRing.from_secret(f"h0-key-{i:05d}-0123456789"))
-        ps.append(det.detect_ids([ids], eligible=[_mask(ids, ent, 1.0)]).p_value)
+        mask = _mask(ids, ent, 1.0) if kind == "entropy" else _prob_mask(ids, probs, 0.5)
+        shares.append(mask.mean())
+        ps.append(det.detect_ids([ids], eligible=[mask]).p_value)
     ps = np.array(ps)
+    assert 0.05 < np.mean(shares) < 0.95  # the gate really removes some positions and keeps others
     assert stats.kstest(ps, "uniform").pvalue > 1e-3
     assert (ps <= 0.05).mean() <= 0.05 + 3 * np.sqrt(0.05 / 300)
 
@@ -120,6 +129,13 @@ def test_scoring_model_entropies_and_windows(tiny):
     gate = EntropyGate(model, min_entropy=float(np.median(no_prompt[1:])))
     mask = gate.eligible([], answer)
     assert np.array_equal(mask, no_prompt >= gate.min_entropy) and 0 < mask.sum() < len(answer)
+    # the probability of the actual token: near 1/V for random weights, 1 for the context-less first
+    _, prob = model.position_stats([], answer)
+    assert prob[0] == 1.0 and np.all(prob[1:] < 1e-3)
+    assert not EntropyGate(model, min_entropy=0, max_token_prob=1e-6).eligible([], answer).any()
+    assert EntropyGate(model, min_entropy=0, max_token_prob=1.0).eligible([], answer)[1:].all()
+    with pytest.raises(ScoringModelError, match="max_token_prob"):
+        EntropyGate(model, max_token_prob=0)
     with pytest.raises(ScoringModelError, match="min_entropy"):
         EntropyGate(model, min_entropy=-1)
     with pytest.raises(ScoringModelError, match="does not exist"):

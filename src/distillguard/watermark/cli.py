@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from distillguard import jsonl
-from distillguard.watermark.entropy import DEFAULT_MIN_ENTROPY
+from distillguard.watermark.entropy import DEFAULT_MAX_TOKEN_PROB, DEFAULT_MIN_ENTROPY
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -63,6 +63,8 @@ def detect(
         help="Entropy-aware detection: score only positions where this model (HF folder, .gguf, or 'served' "
              "for the packaged SmolLM2) had entropy >= --min-entropy. Same tokenizer as the served model.")] = None,
     min_entropy: Annotated[float, typer.Option(help="Entropy gate in nats (with --scoring-model).")] = DEFAULT_MIN_ENTROPY,
+    max_token_prob: Annotated[Optional[float], typer.Option(
+        help="Also skip positions whose actual token had probability above this (with --scoring-model).")] = DEFAULT_MAX_TOKEN_PROB,
     temperature: Annotated[float, typer.Option(
         help="Sampling temperature the text was served at (with --scoring-model; events use their own).")] = 1.0,
 ) -> None:
@@ -72,8 +74,9 @@ def detect(
 
     if not 0 < fpr < 1:
         raise _fail(f"--fpr must be in (0, 1), got {fpr}")
-    if scoring_model is None and (min_entropy != DEFAULT_MIN_ENTROPY or temperature != 1.0):
-        raise _fail("--min-entropy and --temperature only apply with --scoring-model")
+    if scoring_model is None and (min_entropy != DEFAULT_MIN_ENTROPY or temperature != 1.0
+                                  or max_token_prob != DEFAULT_MAX_TOKEN_PROB):
+        raise _fail("--min-entropy, --max-token-prob and --temperature only apply with --scoring-model")
     if temperature <= 0:
         raise _fail(f"--temperature must be > 0, got {temperature}")
     cfg, ring, params = _setup(config, key_file, key_env)
@@ -88,7 +91,7 @@ def detect(
         det = Detector(params, ring, load_tokenizer(cfg.tokenizer_path))
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    gate = _gate(scoring_model, min_entropy, temperature, det.tokenizer) if scoring_model else None
+    gate = _gate(scoring_model, min_entropy, max_token_prob, temperature, det.tokenizer) if scoring_model else None
 
     def masks(items: list[tuple[Any, list[int], float | None]]) -> list[Any] | None:
         """Eligibility masks (prompt, answer ids, temperature) when entropy-aware, else None."""
@@ -137,7 +140,7 @@ def detect(
     _print(result, as_json)
 
 
-def _gate(path: str, min_entropy: float, temperature: float, tokenizer: Any):
+def _gate(path: str, min_entropy: float, max_token_prob: float | None, temperature: float, tokenizer: Any):
     """The EntropyGate for --scoring-model, or a one-line failure."""
     from distillguard.models import ModelNotInstalled
     from distillguard.watermark.entropy import EntropyGate, ScoringModel, ScoringModelError
@@ -149,7 +152,7 @@ def _gate(path: str, min_entropy: float, temperature: float, tokenizer: Any):
             path = str(smollm2_gguf())
         model = ScoringModel.load(path)
         model.check_tokenizer(tokenizer)
-        return EntropyGate(model, min_entropy=min_entropy, temperature=temperature)
+        return EntropyGate(model, min_entropy=min_entropy, temperature=temperature, max_token_prob=max_token_prob)
     except (ScoringModelError, ModelNotInstalled, OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
 

@@ -7,14 +7,17 @@ Chat answers from a small model at temperature 0.7 are full of such positions (t
 of a word, "of the", punctuation), and they are what makes a plain detector need many tokens.
 
 The key holder usually has the model (or any model with the same tokenizer), so detection can
-ask it, for every position of the text, how much entropy the next-token distribution had, and
-score only the positions at or above a threshold (SWEET, Lee et al. 2023, does this for green
-lists). The p-value stays exact: under H0 the text was written without the key, so the keyed
+ask it, for every position of the text, how uncertain the next-token distribution was, and score
+only the uncertain positions (SWEET, Lee et al. 2023, does this with an entropy threshold for
+green lists). For Gumbel-max the likelihood ratio says which positions matter: a token chosen
+with probability p carries E[log LR] = p - 1 - log p nats of evidence, so the default gate keeps
+the positions whose actual token had probability <= 0.5 at the served temperature (an entropy
+threshold is available too; on the tuning split it helped less). The p-value stays exact: under H0 the text was written without the key, so the keyed
 draws of distinct (window, token) tuples are i.i.d. uniform *whatever* rule picks the positions,
 as long as the rule looks at the text and the model only, never at the key. Which model, which
 temperature, with or without the prompt: these change the power, never the false-positive rate.
 
-    gate = EntropyGate(ScoringModel.load("path/to/model"), min_entropy=0.8, temperature=0.7)
+    gate = EntropyGate(ScoringModel.load("path/to/model"), temperature=0.7)  # max_token_prob=0.5
     mask = gate.eligible(prompt_ids, answer_ids)   # bool per answer position
     Detector(...).detect_ids([answer_ids], eligible=[mask])
 """
@@ -29,8 +32,11 @@ from typing import Any
 import numpy as np
 
 
-#: default gate (nats); chosen on the tuning split of bench/watermark_power.py (see the README)
-DEFAULT_MIN_ENTROPY = 0.5
+#: default gate, chosen on the tuning split of bench/watermark_power.py (24 answers, prompts idx < 40;
+#: median tokens to p < 1e-5: 54 ungated, 41-44 with an entropy gate of 0.3-1.0 nats, 33 with
+#: max_token_prob 0.5); reported on the held-out split in bench/results/watermark_power_gate.json
+DEFAULT_MIN_ENTROPY = 0.0
+DEFAULT_MAX_TOKEN_PROB: float | None = 0.5
 
 
 class ScoringModelError(ValueError):
@@ -78,18 +84,26 @@ class ScoringModel:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def entropies(self, prompt_ids: Sequence[int], answer_ids: Sequence[int], temperature: float = 1.0) -> np.ndarray:
-        """Entropy (nats) of the distribution that produced each answer token, at ``temperature``.
+        """Entropy (nats) of the distribution that produced each answer token, at ``temperature``."""
+        return self.position_stats(prompt_ids, answer_ids, temperature)[0]
+
+    def position_stats(
+        self, prompt_ids: Sequence[int], answer_ids: Sequence[int], temperature: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(entropy in nats, probability of the actual token) for each answer position, at ``temperature``.
 
         Position i is predicted from prompt + answer[:i]. Without a prompt, position 0 has no
-        context and gets entropy 0 (never eligible). Texts longer than ``max_len`` are read in
-        windows that overlap by half, so every position keeps at least max_len/2 tokens of context.
+        context and gets entropy 0 and probability 1 (never eligible). Texts longer than
+        ``max_len`` are read in windows that overlap by half, so every position keeps at least
+        max_len/2 tokens of context.
         """
         import torch
 
         if temperature <= 0:
             raise ScoringModelError(f"temperature must be > 0, got {temperature}")
         prompt, answer = [int(x) for x in prompt_ids], [int(x) for x in answer_ids]
-        out = np.zeros(len(answer), dtype=np.float64)
+        ent = np.zeros(len(answer), dtype=np.float64)
+        prob = np.ones(len(answer), dtype=np.float64)
         ids = prompt + answer
         start = len(prompt)  # index in ids of the first answer token
         step = max(1, self.max_len // 2)
@@ -99,37 +113,52 @@ class ScoringModel:
                 hi = min(len(ids), lo + self.max_len)
                 if hi - lo >= 2:
                     logits = self.model(input_ids=torch.tensor([ids[lo:hi]], device=self.model.device)).logits[0]
-                    logp = torch.log_softmax(logits.double() / temperature, -1)
-                    ent = -(logp.exp() * logp).sum(-1).cpu().numpy()  # ent[j] predicts ids[lo + j + 1]
-                    for j in range(len(ent) - 1):
+                    logp = torch.log_softmax(logits.double() / temperature, -1)[:-1]  # row j predicts ids[lo+j+1]
+                    e = -(logp.exp() * logp).sum(-1).cpu().numpy()
+                    nxt = torch.tensor(ids[lo + 1 : hi], device=logp.device)
+                    pr = logp.gather(1, nxt[:, None])[:, 0].exp().cpu().numpy()
+                    for j in range(len(e)):
                         pos = lo + j + 1 - start
                         # a later window only fills the positions past the previous one's end
                         if pos >= 0 and (lo == 0 or j >= self.max_len - step - 1):
-                            out[pos] = ent[j]
+                            ent[pos], prob[pos] = e[j], pr[j]
                 if hi >= len(ids):
                     break
                 lo += step
-        return out
+        return ent, prob
 
 
 @dataclass
 class EntropyGate:
-    """Which positions detection scores: model entropy at ``temperature`` >= ``min_entropy`` nats."""
+    """Which positions detection scores.
+
+    A position is eligible when the model's entropy at ``temperature`` is >= ``min_entropy`` nats
+    and, if ``max_token_prob`` is set, the actual token had probability <= it. The second rule
+    follows the likelihood ratio of Gumbel-max: a token chosen with probability p carries
+    E[log LR] = p - 1 - log p of evidence (0.19 nats at p = 0.5, 0.005 at p = 0.9), so tokens the
+    model was nearly sure of add noise and almost no signal.
+    """
 
     model: ScoringModel
     min_entropy: float = DEFAULT_MIN_ENTROPY
     temperature: float = 1.0
+    max_token_prob: float | None = DEFAULT_MAX_TOKEN_PROB
 
     def __post_init__(self) -> None:
         if self.min_entropy < 0:
             raise ScoringModelError(f"min_entropy must be >= 0 nats, got {self.min_entropy}")
         if self.temperature <= 0:
             raise ScoringModelError(f"temperature must be > 0, got {self.temperature}")
+        if self.max_token_prob is not None and not 0 < self.max_token_prob <= 1:
+            raise ScoringModelError(f"max_token_prob must be in (0, 1], got {self.max_token_prob}")
 
     def eligible(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
-        ent = self.model.entropies(prompt_ids, answer_ids, self.temperature)
-        return ent >= self.min_entropy
+        ent, prob = self.model.position_stats(prompt_ids, answer_ids, self.temperature)
+        ok = ent >= self.min_entropy
+        if self.max_token_prob is not None:
+            ok &= prob <= self.max_token_prob
+        return ok
 
     def describe(self) -> dict[str, object]:
         return {"scoring_model": self.model.name, "min_entropy_nats": self.min_entropy,
-                "temperature": self.temperature}
+                "max_token_prob": self.max_token_prob, "temperature": self.temperature}
