@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from watermark_common import BENCH_SECRET, DATASETS, read_cache, write_result  # noqa: E402
 
 from distillguard.watermark.detect import p_value  # noqa: E402
+from distillguard.watermark.entropy import DEFAULT_MAX_TOKEN_PROB, DEFAULT_MIN_ENTROPY  # noqa: E402
 from distillguard.watermark.schemes import SchemeParams, Watermark  # noqa: E402
 from distillguard.watermark.tokenizer import load_tokenizer  # noqa: E402
 
@@ -95,9 +96,11 @@ def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True
     return out
 
 
-def entropy_masks(wins: list[list[int]], min_entropy: float, temperature: float, batch: int = 64) -> list[np.ndarray]:
+def entropy_masks(wins: list[list[int]], min_entropy: float, max_token_prob: float | None, temperature: float,
+                  batch: int = 64) -> list[np.ndarray]:
     """What `watermark detect --scoring-model` computes for each window read on its own (no prompt):
-    SmolLM2's entropy at every position, gated at ``min_entropy``. Windows of one length share a batch."""
+    eligible = SmolLM2's entropy >= ``min_entropy`` and the actual token's probability <=
+    ``max_token_prob``, at ``temperature``. Windows of one length share a batch."""
     import torch
     from rich.progress import Progress
 
@@ -116,9 +119,13 @@ def entropy_masks(wins: list[list[int]], min_entropy: float, temperature: float,
                 logits = model(input_ids=torch.tensor([wins[j] for j in part])).logits.double() / temperature
                 lp = torch.log_softmax(logits, -1)
                 ent = -(lp.exp() * lp).sum(-1).numpy()  # ent[:, i] predicts position i + 1
+                nxt = torch.tensor([wins[j][1:] for j in part])
+                prob = lp[:, :-1].gather(2, nxt[:, :, None])[:, :, 0].exp().numpy()
                 for row, j in enumerate(part):
                     m = np.zeros(length, dtype=bool)
                     m[1:] = ent[row, :-1] >= min_entropy
+                    if max_token_prob is not None:
+                        m[1:] &= prob[row] <= max_token_prob
                     out[j] = m
                 prog.advance(task, len(part))
     return out  # type: ignore[return-value]
@@ -137,8 +144,10 @@ def main() -> None:
     ap.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated subset of the schemes")
     ap.add_argument("--answers-cache", default="wm_chat_hf.jsonl", help="unwatermarked SmolLM2 answers (config none)")
     ap.add_argument("--name", default="watermark_fpr")
-    ap.add_argument("--gate-entropy", type=float, default=None,
-                    help="also entropy-aware detection (SmolLM2 entropy >= this many nats, each window read alone)")
+    ap.add_argument("--gate", action="store_true",
+                    help="also entropy-aware detection (watermark.entropy.EntropyGate rules, each window read alone)")
+    ap.add_argument("--gate-entropy", type=float, default=DEFAULT_MIN_ENTROPY, help="min entropy, nats")
+    ap.add_argument("--gate-max-token-prob", type=float, default=DEFAULT_MAX_TOKEN_PROB)
     ap.add_argument("--gate-temperature", type=float, default=0.7)
     ap.add_argument("--gate-windows", type=int, default=30000,
                     help="entropy-aware detection on this many evenly spaced windows (one forward pass each)")
@@ -157,10 +166,10 @@ def main() -> None:
         print(f"warning: only {len(wins)} windows (< {a.min_texts})", file=sys.stderr)
     result: dict = {"texts": {"dataset_windows": len(wins), "documents": len(docs), "window_tokens": a.length,
                               "stride": a.stride, "smollm2_answers": len(answers)}, "schemes": {}}
-    if a.gate_entropy is not None:  # one forward pass per window, shared by every scheme
+    if a.gate:  # one forward pass per window, shared by every scheme
         sub = np.unique(np.linspace(0, len(wins) - 1, min(a.gate_windows, len(wins))).astype(int))
         sub_wins = [wins[j] for j in sub]
-        masks = entropy_masks(sub_wins, a.gate_entropy, a.gate_temperature)
+        masks = entropy_masks(sub_wins, a.gate_entropy, a.gate_max_token_prob, a.gate_temperature)
     for name in a.schemes.split(","):
         params = SCHEMES[name]
         ps = test_windows(params, wins)
@@ -170,10 +179,11 @@ def main() -> None:
             pa = test_windows(params, answers)
             pa_nodedup = test_windows(params, answers, dedup=False)
             entry["smollm2_answers"] = {"dedup": rates(pa), "no_dedup": rates(pa_nodedup), "n": len(answers)}
-        if a.gate_entropy is not None:
+        if a.gate:
             pg = test_windows(params, sub_wins, masks=masks)
             entry["entropy_gated"] = {
-                "min_entropy_nats": a.gate_entropy, "temperature": a.gate_temperature,
+                "min_entropy_nats": a.gate_entropy, "max_token_prob": a.gate_max_token_prob,
+                "temperature": a.gate_temperature,
                 "windows": len(sub_wins), "selection": "evenly spaced over all dataset windows",
                 "mean_positions_scored_share": float(np.mean([m[params.context_width:].mean() for m in masks])),
                 "gated": rates(pg), "plain_same_windows": rates(ps[sub]),

@@ -22,16 +22,20 @@
    any result was seen. ``--epochs`` > 1 keeps the old design: one separate run per N (and for
    the control), reshuffled every epoch, no snapshots.
 3. Audits with the bench key:
-   * open weights (reading mode): each snapshot reads the watermarked texts it was trained on
-     (the first N of the order); the control reads the watermarked texts of its own prompts
-     (which it never saw; it saw the unwatermarked answers to the same prompts); so does the
-     untouched base model that generated them (never trained on them; the first ``--base-read``);
+   * open weights (reading mode): every model reads the UNWATERMARKED answers to the first N
+     prompts of the order (the prompts the snapshot was trained on; the control trained on these
+     very answers; the untouched base model, the first ``--base-read``). Session 5 found that
+     reading the watermarked texts themselves (the design of sessions 3-4) is biased: the model
+     that wrote them, never trained on any watermark, scores p = 2e-57 on 150 of them (see
+     watermark/audit.py); the base-model audit repeats that biased read to show it
+     (``open_weights_reading_watermarked_texts``). The results before session 5
+     (``watermark_radioactivity_keep24*.json``) used the biased read and are superseded;
    * black box: the model answers the first ``--blackbox-prompts`` prompts of the order (all
      of them seen by every snapshot; temperature 0.7, 128 tokens), its answers are scored with
      deduplication.
    Each audit also reports the same tuples scored under 5 random keys (what an unrelated key says).
-   ``--filter-seen`` adds the reading audit restricted to windows seen in the served outputs, from
-   the same read (here the texts read ARE the served outputs, so it can only equal the plain one).
+   ``--filter-seen`` adds the reading audit restricted to windows seen in the served (watermarked)
+   outputs, from the same read.
 Wall and CPU time of every stage (training segment, each audit) are recorded, with the device.
 
     nice -n 10 .venv/bin/python bench/watermark_batchgen.py --set radio --chat 1000 --max-tokens 128 \
@@ -77,7 +81,7 @@ from watermark_common import BENCH_SECRET, CACHE, radio_order, read_cache, write
 from watermark_generate import CONFIGS  # noqa: E402
 
 from distillguard.watermark.audit import (  # noqa: E402
-    Example, TupleSet, _conclude, _encode_example, _ngrams, _read_all, audit_answers, check_tokenizer,
+    Example, TupleSet, _conclude, _encode_example, _ngrams, _read_all, audit_answers, check_contexts, check_tokenizer,
 )
 from distillguard.watermark.keys import KeyRing  # noqa: E402
 
@@ -261,29 +265,30 @@ class _Tok:
         return list(self._t(text, add_special_tokens=False)["input_ids"])
 
 
-def reading_audits(model, tok, examples: list[Example], params, ring, suspect: str, reference_tokenizer,
-                   control_keys: int = 5, filter_seen: bool = False) -> tuple:
-    """Open-weight reading audit, and optionally its ``filter_seen`` variant, from ONE read of the texts.
+def reading_audits(model, tok, contexts: list[Example], served: list[Example], params, ring, suspect: str,
+                   reference_tokenizer, control_keys: int = 5, filter_seen: bool = False) -> tuple:
+    """Open-weight reading audit of ``contexts`` (unwatermarked), and optionally its ``filter_seen``
+    variant (windows of the ``served`` watermarked texts only), from ONE read of the contexts.
 
-    The same as ``audit_loaded_model(..., filter_seen=False)`` and ``(..., filter_seen=True)`` (tested
-    equal), but the suspect reads the texts once: the filtered tuple set is the unfiltered one
-    restricted to windows that occur in the served answers (the copy checks do not depend on the
-    filter). Returns (result, filtered result or None).
+    The same as ``audit_loaded_model(..., contexts=contexts, filter_seen=False)`` and ``(...,
+    filter_seen=True)`` (tested equal), but the suspect reads the contexts once: the filtered tuple
+    set is the unfiltered one restricted to windows that occur in the served answers (the copy
+    checks do not depend on the filter). Returns (result, filtered result or None).
     """
     started = time.time()
     check_tokenizer(tok, reference_tokenizer)
-    encoded = [_encode_example(tok, ex) for ex in examples]
+    encoded = [_encode_example(tok, ex) for ex in contexts]
     h = params.context_width
     tset = _read_all(model, encoded, h, None, False, "reading suspect")
-    res = _conclude("open-weights", suspect, len(examples), tset, params, ring, control_keys, started)
+    res = _conclude("open-weights", suspect, len(contexts), tset, params, ring, control_keys, started)
     if not filter_seen:
         return res, None
-    allowed = set().union(*(_ngrams(a, h) for _, a in encoded))
+    allowed = set().union(*(_ngrams(_encode_example(tok, ex)[1], h) for ex in served))
     fset = TupleSet(h)
     for t in tset.tuples:
         if t[:-1] in allowed:
             fset.add(t)
-    return res, _conclude("open-weights", suspect, len(examples), fset, params, ring, control_keys, started)
+    return res, _conclude("open-weights", suspect, len(contexts), fset, params, ring, control_keys, started)
 
 
 def main() -> None:
@@ -357,10 +362,12 @@ def main() -> None:
     if bad:  # fail before hours of work, not at the first snapshot
         raise SystemExit(f"--ns/--control-n {bad}: a snapshot must fall on a batch boundary (a multiple of "
                          f"--batch {a.batch}), e.g. {[n - n % a.batch for n in bad]}")
-    missing = [i for i in order[: a.control_n] if "none" not in by[i]]
+    need_none = max(a.control_n, max(ns), a.base_read)  # controls train on them; every audit reads them
+    missing = [i for i in order[:need_none] if "none" not in by[i]]
     if missing:
-        raise SystemExit(f"{len(missing)} of the first {a.control_n} prompts have no 'none' answer in {a.cache}: "
-                         f"generate them (watermark_batchgen.py --control-first {a.control_n}) or lower --control-n")
+        raise SystemExit(f"{len(missing)} of the first {need_none} prompts have no 'none' answer in {a.cache}: "
+                         f"generate them (watermark_batchgen.py --control-first {need_none}); the audits read "
+                         "the unwatermarked answers and the control trains on them")
     params = CONFIGS[a.wm_config]
     ring = KeyRing.from_secret(BENCH_SECRET)
     base_model, base_tok = load_model(a.device)
@@ -386,18 +393,26 @@ def main() -> None:
     def answer_tokens(cfg: str, n: int) -> int:
         return sum(len(by[i][cfg]["token_ids"][:128]) for i in order[:n])
 
-    def audits(model, tok, label: str, n_read: int, blackbox: bool = True) -> dict:
+    def audits(model, tok, label: str, n_read: int, blackbox: bool = True, read_watermarked: bool = False) -> dict:
         out = {}
         wm_ex = examples(a.wm_config, n_read)
+        ctx = examples("none", n_read)  # the same prompts answered without the watermark: what the suspect reads
+        check_contexts(ctx, wm_ex, params, ring, ref_tok)
         t_w, t_c = time.time(), cpu_clock()
-        # with --filter-seen: only windows seen in served outputs (here the texts read are those outputs),
-        # from the same read of the texts
-        ow, ow_f = reading_audits(model, tok, wm_ex, params, ring, label, ref_tok, 5, a.filter_seen)
-        out["open_weights"] = ow.to_dict() | {"read_texts": n_read, "wall_s": time.time() - t_w,
-                                              "cpu_s": cpu_clock() - t_c}
+        # with --filter-seen: only windows seen in the served (watermarked) outputs, from the same read
+        ow, ow_f = reading_audits(model, tok, ctx, wm_ex, params, ring, label, ref_tok, 5, a.filter_seen)
+        out["open_weights"] = ow.to_dict() | {"read_texts": n_read, "contexts": "unwatermarked answers to the "
+                                              "same prompts", "wall_s": time.time() - t_w, "cpu_s": cpu_clock() - t_c}
         if ow_f is not None:
             out["open_weights_filter_seen"] = {"p_value": ow_f.p_value, "tuples_scored": ow_f.tuples_scored,
                                                "control": ow_f.control}
+        if read_watermarked:  # the biased design of sessions 3-4, kept to show the bias
+            t_w = time.time()
+            biased, _ = reading_audits(model, tok, wm_ex, wm_ex, params, ring, label, ref_tok, 5, False)
+            out["open_weights_reading_watermarked_texts"] = biased.to_dict() | {
+                "note": "BIASED design (sessions 3-4): the suspect reads the watermarked texts themselves; any "
+                        "model that predicts them well scores high", "wall_s": time.time() - t_w}
+            print(f"{label}: reading the watermarked texts (biased) p = {biased.p_value:.3g}", flush=True)
         if not blackbox or a.blackbox_prompts <= 0:
             print(f"{label}: open-weights p = {ow.p_value:.3g} ({ow.tuples_scored} tuples)", flush=True)
             return out
@@ -482,7 +497,8 @@ def main() -> None:
 
     def base_audit() -> None:
         t_w, t_c = time.time(), cpu_clock()
-        out = audits(base_model, base_tok, "base SmolLM2 (generated the texts)", a.base_read or max(ns), True)
+        out = audits(base_model, base_tok, "base SmolLM2 (generated the texts)", a.base_read or max(ns), True,
+                     read_watermarked=True)
         with lock:
             result["base_model_never_trained"] = out | {"stage_wall_s": time.time() - t_w,
                                                         "stage_cpu_s": cpu_clock() - t_c}

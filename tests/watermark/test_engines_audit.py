@@ -113,6 +113,16 @@ def test_load_examples_from_events_and_text(tmp_path):
         load_examples(tmp_path / "nope")
 
 
+class _IdsOfTok:
+    """The watermark tokenizer interface (``encode``) over an HF tokenizer."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+
 @pytest.mark.slow
 def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine):
     """Reading mode: the tiny model before (H0) and after a short fit on watermarked text."""
@@ -135,22 +145,35 @@ def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine):
             piece[t[0]] = " " + w
     vocab = np.array(sorted(piece))
     assert len(vocab) >= 20
-    texts = []
-    # short texts: reading mode skips tuples the suspect could copy from earlier in the same text
-    for _ in range(100):
+    def sample(watermarked: bool) -> list[int]:
         ids = [int(rng.choice(vocab))]
         for _ in range(11):
             logits = np.full(49152, -np.inf, dtype=np.float32)
             logits[vocab] = 0.0
-            out = wm.processor(1.0)(np.array(ids), logits).astype(np.float64)
+            out = wm.processor(1.0)(np.array(ids), logits).astype(np.float64) if watermarked else logits.astype(np.float64)
             p = np.exp(out - out[vocab].max())
             p /= p.sum()
             ids.append(int(rng.choice(49152, p=p)))
-        texts.append(ids)
+        return ids
+
+    # short texts: reading mode skips tuples the suspect could copy from earlier in the same text
+    texts = [sample(True) for _ in range(100)]
     examples = [Example(prompt="", answer="".join(piece[i] for i in t)) for t in texts]
     enc = [tok(e.answer, add_special_tokens=False)["input_ids"] for e in examples]
     assert enc[0] == texts[0]
-    before = audit_open_weights(tiny, examples, params, ring, control_keys=3, progress=False)
+    # what the suspect reads: texts over the same words written WITHOUT the key
+    contexts = [Example(prompt="", answer="".join(piece[i] for i in sample(False))) for _ in range(100)]
+    with pytest.raises(AuditError, match="needs contexts written without the watermark key"):
+        audit_open_weights(tiny, examples, params, ring, control_keys=3, progress=False)
+    with pytest.raises(AuditError, match="carry the watermark"):
+        audit_open_weights(tiny, examples, params, ring, _IdsOfTok(tok), control_keys=3, progress=False,
+                           contexts=[Example(prompt="", answer="".join(piece[i] for i in sample(True)))
+                                     for _ in range(100)])
+    with pytest.raises(AuditError, match="are served"):
+        audit_open_weights(tiny, examples, params, ring, control_keys=3, progress=False,
+                           contexts=contexts[:50] + examples[:3])
+    before = audit_open_weights(tiny, examples, params, ring, _IdsOfTok(tok), control_keys=3, progress=False,
+                                contexts=contexts)
     assert before.tuples_scored >= 15
     assert before.p_value > 1e-3
 
@@ -164,6 +187,7 @@ def test_untrained_model_is_not_radioactive_and_trained_one_is(tiny, engine):
         opt.step()
         opt.zero_grad()
     model.eval()
-    after = audit_loaded_model(model, tok, examples, params, ring, control_keys=3, progress=False)
+    # it never saw the contexts: what it shows there is the green bias it learned, not memorised text
+    after = audit_loaded_model(model, tok, examples, params, ring, control_keys=3, progress=False, contexts=contexts)
     assert after.p_value < 1e-4, after
     assert min(after.control["random_key_p_values"]) > 1e-4

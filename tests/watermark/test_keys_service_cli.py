@@ -173,7 +173,15 @@ def test_cli_audit_bad_inputs(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["watermark", "audit", "--suspect", str(tmp_path / "no-model"), "--texts", str(texts),
                             "--key-file", str(keyf)])
+    assert r.exit_code != 0 and "needs --contexts" in r.stderr
+    ctx = tmp_path / "c.txt"
+    ctx.write_text("an unwatermarked text\n\nanother one\n")
+    r = runner.invoke(app, ["watermark", "audit", "--suspect", str(tmp_path / "no-model"), "--texts", str(texts),
+                            "--contexts", str(ctx), "--key-file", str(keyf)])
     assert r.exit_code != 0 and "suspect model" in r.stderr and "does not exist" in r.stderr
+    r = runner.invoke(app, ["watermark", "audit", "--suspect", str(tmp_path / "no-model"), "--texts", str(texts),
+                            "--contexts", str(texts), "--key-file", str(keyf)])
+    assert r.exit_code != 0 and "are served (watermarked) texts" in r.stderr
     r = runner.invoke(app, ["watermark", "audit", "--suspect", str(tmp_path), "--texts", str(tmp_path / "none.jsonl"),
                             "--key-file", str(keyf)])
     assert r.exit_code != 0 and "texts file" in r.stderr

@@ -139,15 +139,18 @@ def test_reading_audits_from_one_read_equal_the_library_audit(tiny):
     tok = AutoTokenizer.from_pretrained(tiny)
     model = AutoModelForCausalLM.from_pretrained(tiny).eval()
     ring = KeyRing.from_secret(b"bench-test-secret-0123456789")
-    examples = [Example(prompt=[{"role": "user", "content": f"Tell me about topic {i}."}],
+    contexts = [Example(prompt=[{"role": "user", "content": f"Tell me about topic {i}."}],
                         answer=f"Topic {i} is about the river, the city and the light of day number {i * 7}.")
                 for i in range(6)]
+    served = [Example(prompt=c.prompt, answer=f"The river of topic {i} runs by the city at night.")
+              for i, c in enumerate(contexts)]
     for params in (SchemeParams(scheme="gumbel", context_width=1, skip_repeated=True),
                    SchemeParams(gamma=0.25, delta=2.0, context_width=2)):
-        res, filt = reading_audits(model, tok, examples, params, ring, "tiny", None, 2, filter_seen=True)
+        res, filt = reading_audits(model, tok, contexts, served, params, ring, "tiny", None, 2, filter_seen=True)
         for got, fs in ((res, False), (filt, True)):
-            want = audit_loaded_model(model, tok, examples, params, ring, control_keys=2, progress=False,
-                                      filter_seen=fs)
+            want = audit_loaded_model(model, tok, served, params, ring, control_keys=2, progress=False,
+                                      filter_seen=fs, contexts=contexts)
             assert (got.tuples_scored, got.score, got.p_value) == (want.tuples_scored, want.score, want.p_value)
-            assert got.tuples_scored >= 10
-        assert reading_audits(model, tok, examples, params, ring, "tiny", None, 2)[1] is None
+        # the filter keeps only windows of the served texts
+        assert res.tuples_scored >= 10 and 0 < filt.tuples_scored < res.tuples_scored
+        assert reading_audits(model, tok, contexts, served, params, ring, "tiny", None, 2)[1] is None

@@ -80,14 +80,20 @@ def train_and_audit(sc: Scenario, out: Path, server: ArenaServer, collected: dic
     result["train"] = {"steps": tr.steps, "examples": tr.examples, "first_loss": tr.first_loss, "last_loss": tr.last_loss,
                        "output": str(tr.output)}
 
-    control_dir = None
-    if sc.distill.control:
-        control_dir = _control_student(sc, root, dataset, model_path, console)
-        if control_dir is not None:
+    control_dir, contexts = None, None
+    if sc.distill.control or sc.audit.enabled:
+        # the same prompts answered without a watermark: the control student's data, and what the
+        # audit has the suspects read (reading the watermarked texts themselves biases the test)
+        limit = None if sc.distill.control else sc.audit.max_texts
+        ctrl_cfg = _control_answers(sc, root, dataset, model_path, console, limit)
+        contexts = ctrl_cfg.collect.output
+        if sc.distill.control:
+            control_dir = train(ctrl_cfg, progress=True, force=True).output
             result["control"] = {"output": str(control_dir)}
 
     if sc.audit.enabled:
-        result["radioactivity"] = _audit(sc, server, collected, tr.output, cfg.student_init_path(), control_dir)
+        result["radioactivity"] = _audit(sc, server, collected, tr.output, cfg.student_init_path(), control_dir,
+                                         contexts)
     try:
         ev = evaluate(cfg, progress=True)
         result["quality"] = ev
@@ -97,7 +103,7 @@ def train_and_audit(sc: Scenario, out: Path, server: ArenaServer, collected: dic
 
 
 def _audit(sc: Scenario, server: ArenaServer, collected: dict[str, list[dict[str, Any]]], student: Path,
-           student_init: Path, control: Path | None) -> dict[str, Any]:
+           student_init: Path, control: Path | None, contexts_path: Path) -> dict[str, Any]:
     from distillguard.watermark.audit import Example, audit_open_weights
     from distillguard.watermark.keys import KeyRing
     from distillguard.watermark.processors import WatermarkService
@@ -106,35 +112,43 @@ def _audit(sc: Scenario, server: ArenaServer, collected: dict[str, list[dict[str
     keys = KeyRing.from_secret(server.watermark_key)
     tok = WatermarkService(cfg, keys).tokenizer
     examples = [Example(prompt=r["messages"], answer=r["response"]) for recs in collected.values() for r in recs
-                if r["response"].strip()][: sc.audit.max_texts]
-    out: dict[str, Any] = {}
+                if r["response"].strip()]
+    contexts = [Example(prompt=r["messages"], answer=r["response"])
+                for r in jsonl.loads(contexts_path.read_text(encoding="utf-8")) if r.get("response", "").strip()]
+    contexts = contexts[: sc.audit.max_texts]
+    out: dict[str, Any] = {"contexts": f"{len(contexts)} unwatermarked answers to the attacker's prompts ({contexts_path})"}
     res = audit_open_weights(student, examples, cfg.scheme_params(), keys, reference_tokenizer=tok,
-                             control_keys=sc.audit.control_keys, reference_model=student_init, progress=True)
+                             control_keys=sc.audit.control_keys, reference_model=student_init, progress=True,
+                             contexts=contexts)
     out["student"] = res.to_dict()
     if control is not None:
         out["control_student"] = audit_open_weights(control, examples, cfg.scheme_params(), keys, reference_tokenizer=tok,
-                                                    control_keys=sc.audit.control_keys, progress=True).to_dict()
+                                                    control_keys=sc.audit.control_keys, progress=True,
+                                                    contexts=contexts).to_dict()
     return out
 
 
-def control_prompts(dataset: Path, out: Path) -> Path:
-    """The single-turn prompts of the attacker's dataset, as a prompt file for the control
-    student's teacher (the same questions, answered without a watermark)."""
+def control_prompts(dataset: Path, out: Path, limit: int | None = None) -> Path:
+    """The single-turn prompts of the attacker's dataset (the first ``limit``), as a prompt file for
+    the control teacher (the same questions, answered without a watermark)."""
+    n = 0
     with open(out, "w", encoding="utf-8") as fh:
         for r in jsonl.loads(dataset.read_text(encoding="utf-8")):
-            if len(r["messages"]) == 1:
+            if len(r["messages"]) == 1 and (limit is None or n < limit):
                 fh.write(json.dumps({"prompt": r["messages"][0]["content"]}, ensure_ascii=False) + "\n")
+                n += 1
     return out
 
 
-def _control_student(sc: Scenario, root: Path, dataset: Path, model_path: Path | None, console: Console) -> Path | None:
-    """Same prompts, answered by the same model with no watermark (local engine, greedy off),
-    same training: the student an audit must NOT flag."""
+def _control_answers(sc: Scenario, root: Path, dataset: Path, model_path: Path | None, console: Console,
+                     limit: int | None = None) -> Any:
+    """Same prompts, answered by the same model with no watermark (local engine, temperature 0.7);
+    returns the control's distill config (its collect output holds the answers). The control
+    student trains on them; the audit reads them."""
     from distillguard.distill.collect import collect
     from distillguard.distill.config import PromptSource
-    from distillguard.distill.train import train
 
-    prompts = control_prompts(dataset, root / "control_prompts.jsonl")
+    prompts = control_prompts(dataset, root / "control_prompts.jsonl", limit)
     cfg = distill_config(sc, root / "control", root / "control" / "teacher.jsonl", model_path, "control")
     data = cfg.model_dump()
     data["collect"].update(sources=[PromptSource(path=prompts, field="prompt").model_dump()],
@@ -145,4 +159,4 @@ def _control_student(sc: Scenario, root: Path, dataset: Path, model_path: Path |
     cfg = DistillConfig.model_validate(data)
     console.print("  control: the same prompts answered without a watermark (local teacher)")
     collect(cfg, progress=True)
-    return train(cfg, progress=True, force=True).output
+    return cfg

@@ -3,11 +3,25 @@
 Sander et al. 2024 (arXiv 2402.14904): a student fine-tuned on watermarked text inherits a bias
 towards the tokens that were green (or had a high Gumbel draw) after each window.
 
-* **Open weights (reading mode).** Feed the watermarked texts (prompt + answer, chat template as
-  served) through the suspect; at every answer position take its top-1 next-token prediction and
-  score the tuple (window of actual text, predicted token). A model that never saw watermarked
-  text predicts green tokens at the null rate; a trained one, above it.
+* **Open weights (reading mode).** Feed *contexts written without the key* (prompt + answer,
+  chat template as served; e.g. the same prompts answered with the watermark off) through the
+  suspect; at every answer position take its top-1 next-token prediction and score the tuple
+  (window of the context, predicted token). A model that never saw watermarked text predicts
+  high-draw tokens at the null rate; one trained on watermarked text, above it. With
+  ``filter_seen`` only windows that occur in the served watermarked texts are scored (the windows
+  the suspect could have learned something about).
 * **Black box.** Query the suspect with the prompts and score its answers like any text.
+
+Why the contexts must be unwatermarked: every window of a watermarked text was followed by a
+keyed race over the vocabulary, so the draws u(window, token) are not uniform given that text: the
+token that won is biased high and every other token low. A model that merely predicts the text
+well, *never trained on any watermark*, then scores far from the null. Measured on 150 watermarked
+SmolLM2 answers read by SmolLM2 itself (the model that wrote them, so not radioactive): the 6,793
+tuples whose prediction equalled the actual token averaged 1.21 against 1.00 under H0 (p = 2e-57),
+the 3,438 others 0.76. Reading unwatermarked contexts removes the dependence: the prediction
+is a function of the context and the suspect, neither of which saw the key, so the p-value is
+exact under H0 (no training on watermarked text). The audit refuses contexts that carry the
+watermark (a pooled detection test on them) or repeat the served texts.
 
 Tuples are deduplicated across all texts. A tuple the suspect could have *copied from its input*
 is skipped: its window occurs in the example's own prompt, or the same (window, token) already
@@ -252,11 +266,41 @@ def audit_open_weights(
     control_keys: int = 5,
     reference_model: Path | str | None = None,
     progress: bool = True,
+    contexts: list[Example] | None = None,
 ) -> AuditResult:
+    """Reading audit: ``examples`` are the served watermarked texts, ``contexts`` texts written
+    without the key that the suspect reads (see the module docstring)."""
     started = time.time()
+    check_contexts(contexts, examples, params, keys, reference_tokenizer)
     model, tok = load_suspect(suspect)
     return audit_loaded_model(model, tok, examples, params, keys, str(suspect), reference_tokenizer, filter_seen,
-                              control_keys, reference_model, progress, started)
+                              control_keys, reference_model, progress, started, contexts)
+
+
+def check_contexts(contexts: list[Example] | None, examples: list[Example], params: SchemeParams, keys: KeyRing,
+                   tokenizer: Any | None, max_p: float = 1e-3) -> None:
+    """Refuse contexts that are missing, repeat the served texts, or carry our watermark."""
+    if not contexts:
+        raise AuditError(
+            "open-weights reading needs contexts written without the watermark key (e.g. the same prompts "
+            "answered with the watermark off, or any unwatermarked text of the same kind): reading the "
+            "watermarked texts themselves makes any model that predicts them well look radioactive"
+        )
+    served = {ex.answer.strip() for ex in examples}
+    repeated = sum(ex.answer.strip() in served for ex in contexts)
+    if repeated:
+        raise AuditError(f"{repeated} of the {len(contexts)} contexts are served (watermarked) texts: "
+                         "contexts must be written without the watermark key")
+    if tokenizer is not None:
+        from distillguard.watermark.detect import Detector
+
+        ids = [tokenizer.encode(ex.answer) for ex in contexts]
+        ids = [x for x in ids if len(x) > params.context_width]
+        if ids:
+            res = Detector(params, keys).detect_ids(ids)
+            if res.p_value < max_p:
+                raise AuditError(f"the contexts carry the watermark (pooled p = {res.p_value:.2g} over "
+                                 f"{res.tokens_scored} tuples): read texts written without the key")
 
 
 def audit_loaded_model(
@@ -272,14 +316,19 @@ def audit_loaded_model(
     reference_model: Path | str | None = None,
     progress: bool = True,
     started: float | None = None,
+    contexts: list[Example] | None = None,
 ) -> AuditResult:
-    """Reading mode on an already loaded transformers model and tokenizer."""
+    """Reading mode on an already loaded transformers model and tokenizer: it reads ``contexts``
+    (unwatermarked; checked by ``audit_open_weights``, not here); ``examples`` (the served texts)
+    give the windows ``filter_seen`` keeps."""
     started = time.time() if started is None else started
+    if not contexts:
+        raise AuditError("open-weights reading needs contexts written without the watermark key")
     check_tokenizer(tok, reference_tokenizer)
-    encoded = [_encode_example(tok, ex) for ex in examples]
+    encoded = [_encode_example(tok, ex) for ex in contexts]
     allowed = None
     if filter_seen:
-        allowed = set().union(*(_ngrams(a, params.context_width) for _, a in encoded))
+        allowed = set().union(*(_ngrams(_encode_example(tok, ex)[1], params.context_width) for ex in examples))
     tset = _read_all(model, encoded, params.context_width, allowed, progress, "reading suspect")
     reference = None
     if reference_model is not None:
@@ -288,7 +337,7 @@ def audit_loaded_model(
         rset = _read_all(ref_model, encoded, params.context_width, allowed, progress, "reading reference")
         best = min((rset.score(params, k.secret) for k in keys.keys), key=lambda s: s.p_value)
         reference = ScoredSet(best.tuples, best.score, min(1.0, best.p_value * len(keys)))
-    return _conclude("open-weights", suspect, len(examples), tset, params, keys, control_keys, started, reference)
+    return _conclude("open-weights", suspect, len(contexts), tset, params, keys, control_keys, started, reference)
 
 
 def _read_all(model: Any, encoded: list[tuple[list[int], list[int]]], h: int,

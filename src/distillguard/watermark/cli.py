@@ -173,6 +173,9 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
 def audit(
     suspect: Annotated[str, typer.Option(help="HF model folder, .gguf file, or OpenAI-compatible base URL.")],
     texts: Annotated[Path, typer.Option(help="Watermarked texts: events JSONL export or a text file.")],
+    contexts: Annotated[Optional[Path], typer.Option(
+        help="Open weights: texts written WITHOUT the key for the suspect to read (events JSONL or text file), "
+             "e.g. the same prompts answered with the watermark off.")] = None,
     mode: Annotated[str, typer.Option(help="open-weights | black-box | auto (URL → black-box).")] = "auto",
     key_file: KeyFile = None,
     key_env: KeyEnv = None,
@@ -204,7 +207,12 @@ def audit(
         if mode == "open-weights":
             if suspect.startswith(("http://", "https://")):
                 raise AuditError("open-weights mode needs a local model; a URL can only be audited in black-box mode")
-            res = audit_open_weights(suspect, examples, params, ring, tokenizer, filter_seen, control_keys, reference)
+            if contexts is None:
+                raise AuditError("open-weights mode needs --contexts: texts written without the watermark key for the "
+                                 "suspect to read (reading the watermarked texts biases the test)")
+            ctx = load_examples(contexts, limit)
+            res = audit_open_weights(suspect, examples, params, ring, tokenizer, filter_seen, control_keys, reference,
+                                     contexts=ctx)
         else:
             api_key = os.environ.get(api_key_env) if api_key_env else None
             res = audit_black_box(suspect, examples, params, ring, tokenizer, model_name, max_tokens,
