@@ -81,8 +81,10 @@ from watermark_common import BENCH_SECRET, CACHE, radio_order, read_cache, write
 from watermark_generate import CONFIGS  # noqa: E402
 
 from distillguard.watermark.audit import (  # noqa: E402
-    Example, TupleSet, _conclude, _encode_example, _ngrams, _read_all, audit_answers, check_contexts, check_tokenizer,
+    Example, TupleSet, _conclude, _encode_example, _ngrams, audit_answers, check_contexts, check_tokenizer,
+    read_predictions, reading_tuples,
 )
+from distillguard.watermark.entropy import ReadingGate, ScoringModel  # noqa: E402
 from distillguard.watermark.keys import KeyRing  # noqa: E402
 
 
@@ -266,29 +268,41 @@ class _Tok:
 
 
 def reading_audits(model, tok, contexts: list[Example], served: list[Example], params, ring, suspect: str,
-                   reference_tokenizer, control_keys: int = 5, filter_seen: bool = False) -> tuple:
-    """Open-weight reading audit of ``contexts`` (unwatermarked), and optionally its ``filter_seen``
-    variant (windows of the ``served`` watermarked texts only), from ONE read of the contexts.
+                   reference_tokenizer, control_keys: int = 5, filter_seen: bool = False,
+                   masks: list | None = None) -> tuple:
+    """Open-weight reading audit of ``contexts`` (unwatermarked), its ``filter_seen`` variant
+    (windows of the ``served`` watermarked texts only) and, with ``masks`` (one per context, from
+    ``entropy.ReadingGate``), its gated variant, all from ONE read of the contexts.
 
-    The same as ``audit_loaded_model(..., contexts=contexts, filter_seen=False)`` and ``(...,
-    filter_seen=True)`` (tested equal), but the suspect reads the contexts once: the filtered tuple
-    set is the unfiltered one restricted to windows that occur in the served answers (the copy
-    checks do not depend on the filter). Returns (result, filtered result or None).
+    The same as ``audit_loaded_model(..., contexts=contexts)`` with ``filter_seen`` False / True and
+    with ``gate`` (tested equal), but the suspect reads the contexts once. Returns (result,
+    filtered result or None, gated result or None).
     """
     started = time.time()
     check_tokenizer(tok, reference_tokenizer)
     encoded = [_encode_example(tok, ex) for ex in contexts]
     h = params.context_width
-    tset = _read_all(model, encoded, h, None, False, "reading suspect")
+    tset, gset = TupleSet(h), TupleSet(h)
+    for j, (prompt_ids, answer_ids) in enumerate(encoded):
+        if len(answer_ids) <= h:
+            continue
+        preds = read_predictions(model, prompt_ids, answer_ids)
+        n = len(preds)
+        reading_tuples(answer_ids[:n], preds, prompt_ids, h, tset)
+        if masks is not None:
+            reading_tuples(answer_ids[:n], preds, prompt_ids, h, gset, eligible=masks[j][:n])
     res = _conclude("open-weights", suspect, len(contexts), tset, params, ring, control_keys, started)
+    gated = None
+    if masks is not None:
+        gated = _conclude("open-weights", suspect, len(contexts), gset, params, ring, control_keys, started)
     if not filter_seen:
-        return res, None
+        return res, None, gated
     allowed = set().union(*(_ngrams(_encode_example(tok, ex)[1], h) for ex in served))
     fset = TupleSet(h)
     for t in tset.tuples:
         if t[:-1] in allowed:
             fset.add(t)
-    return res, _conclude("open-weights", suspect, len(contexts), fset, params, ring, control_keys, started)
+    return res, _conclude("open-weights", suspect, len(contexts), fset, params, ring, control_keys, started), gated
 
 
 def main() -> None:
@@ -320,6 +334,8 @@ def main() -> None:
     ap.add_argument("--base-read", type=int, default=0,
                     help="watermarked texts the base model reads (the first N of the order; 0: max(ns))")
     ap.add_argument("--filter-seen", action="store_true", help="also the reading audit restricted to seen windows")
+    ap.add_argument("--reading-gate", action="store_true",
+                    help="also the reading audit gated on the teacher's top probability <= 0.5 (entropy.ReadingGate)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the shared machine: 2 at most)")
     ap.add_argument("--keep-every", type=int, default=2,
@@ -393,6 +409,24 @@ def main() -> None:
     def answer_tokens(cfg: str, n: int) -> int:
         return sum(len(by[i][cfg]["token_ids"][:128]) for i in order[:n])
 
+    # --reading-gate: score only context positions where the teacher had no dominant token
+    # (entropy.ReadingGate, fixed a priori at top probability <= 0.5, temperature 0.7); the teacher
+    # reads each context once, and the masks are shared by every audit (they do not depend on the suspect)
+    reading_gate = ReadingGate(ScoringModel(base_model, base_tok, "the teacher (SmolLM2, float32)"),
+                               max_top_prob=0.5, temperature=0.7)
+    mask_cache: list = []
+    mask_lock = threading.Lock()
+
+    def reading_masks(n_read: int) -> list | None:
+        if not a.reading_gate:
+            return None
+        with mask_lock:
+            ctx = examples("none", n_read)
+            for ex in ctx[len(mask_cache):]:
+                p_ids, a_ids = _encode_example(base_tok, ex)
+                mask_cache.append(reading_gate.eligible(p_ids, a_ids))
+            return mask_cache[:n_read]
+
     def audits(model, tok, label: str, n_read: int, blackbox: bool = True, read_watermarked: bool = False) -> dict:
         out = {}
         wm_ex = examples(a.wm_config, n_read)
@@ -400,15 +434,20 @@ def main() -> None:
         check_contexts(ctx, wm_ex, params, ring, ref_tok)
         t_w, t_c = time.time(), cpu_clock()
         # with --filter-seen: only windows seen in the served (watermarked) outputs, from the same read
-        ow, ow_f = reading_audits(model, tok, ctx, wm_ex, params, ring, label, ref_tok, 5, a.filter_seen)
+        ow, ow_f, ow_g = reading_audits(model, tok, ctx, wm_ex, params, ring, label, ref_tok, 5, a.filter_seen,
+                                        reading_masks(n_read))
         out["open_weights"] = ow.to_dict() | {"read_texts": n_read, "contexts": "unwatermarked answers to the "
                                               "same prompts", "wall_s": time.time() - t_w, "cpu_s": cpu_clock() - t_c}
         if ow_f is not None:
             out["open_weights_filter_seen"] = {"p_value": ow_f.p_value, "tuples_scored": ow_f.tuples_scored,
                                                "control": ow_f.control}
+        if ow_g is not None:
+            out["open_weights_gated"] = {"p_value": ow_g.p_value, "tuples_scored": ow_g.tuples_scored,
+                                         "control": ow_g.control, "gate": reading_gate.describe()}
+            print(f"{label}: gated open-weights p = {ow_g.p_value:.3g} ({ow_g.tuples_scored} tuples)", flush=True)
         if read_watermarked:  # the biased design of sessions 3-4, kept to show the bias
             t_w = time.time()
-            biased, _ = reading_audits(model, tok, wm_ex, wm_ex, params, ring, label, ref_tok, 5, False)
+            biased = reading_audits(model, tok, wm_ex, wm_ex, params, ring, label, ref_tok, 5, False)[0]
             out["open_weights_reading_watermarked_texts"] = biased.to_dict() | {
                 "note": "BIASED design (sessions 3-4): the suspect reads the watermarked texts themselves; any "
                         "model that predicts them well scores high", "wall_s": time.time() - t_w}

@@ -130,8 +130,8 @@ def test_scoring_model_entropies_and_windows(tiny):
     mask = gate.eligible([], answer)
     assert np.array_equal(mask, no_prompt >= gate.min_entropy) and 0 < mask.sum() < len(answer)
     # the probability of the actual token: near 1/V for random weights, 1 for the context-less first
-    _, prob = model.position_stats([], answer)
-    assert prob[0] == 1.0 and np.all(prob[1:] < 1e-3)
+    _, prob, top = model.position_stats([], answer)
+    assert prob[0] == 1.0 and np.all(prob[1:] < 1e-3) and np.all(top >= prob)
     assert not EntropyGate(model, min_entropy=0, max_token_prob=1e-6).eligible([], answer).any()
     assert EntropyGate(model, min_entropy=0, max_token_prob=1.0).eligible([], answer)[1:].all()
     with pytest.raises(ScoringModelError, match="max_token_prob"):

@@ -132,7 +132,9 @@ def test_reading_audits_from_one_read_equal_the_library_audit(tiny):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from watermark_radioactivity import reading_audits
 
-    from distillguard.watermark.audit import Example, audit_loaded_model
+    import numpy as np
+
+    from distillguard.watermark.audit import Example, _encode_example, audit_loaded_model
     from distillguard.watermark.keys import KeyRing
     from distillguard.watermark.schemes import SchemeParams
 
@@ -144,13 +146,24 @@ def test_reading_audits_from_one_read_equal_the_library_audit(tiny):
                 for i in range(6)]
     served = [Example(prompt=c.prompt, answer=f"The river of topic {i} runs by the city at night.")
               for i, c in enumerate(contexts)]
+    class EveryOther:  # a gate: any object with eligible(prompt_ids, answer_ids) and describe()
+        def eligible(self, prompt_ids, answer_ids):
+            return np.arange(len(answer_ids)) % 2 == 0
+
+        def describe(self):
+            return {"rule": "even positions"}
+
+    gate = EveryOther()
+    masks = [gate.eligible(*_encode_example(tok, c)) for c in contexts]
     for params in (SchemeParams(scheme="gumbel", context_width=1, skip_repeated=True),
                    SchemeParams(gamma=0.25, delta=2.0, context_width=2)):
-        res, filt = reading_audits(model, tok, contexts, served, params, ring, "tiny", None, 2, filter_seen=True)
-        for got, fs in ((res, False), (filt, True)):
+        res, filt, gated = reading_audits(model, tok, contexts, served, params, ring, "tiny", None, 2,
+                                          filter_seen=True, masks=masks)
+        for got, fs, g in ((res, False, None), (filt, True, None), (gated, False, gate)):
             want = audit_loaded_model(model, tok, served, params, ring, control_keys=2, progress=False,
-                                      filter_seen=fs, contexts=contexts)
+                                      filter_seen=fs, contexts=contexts, gate=g)
             assert (got.tuples_scored, got.score, got.p_value) == (want.tuples_scored, want.score, want.p_value)
-        # the filter keeps only windows of the served texts
+        # the filter keeps only windows of the served texts; the gate about half the positions
         assert res.tuples_scored >= 10 and 0 < filt.tuples_scored < res.tuples_scored
-        assert reading_audits(model, tok, contexts, served, params, ring, "tiny", None, 2)[1] is None
+        assert 0 < gated.tuples_scored < res.tuples_scored
+        assert reading_audits(model, tok, contexts, served, params, ring, "tiny", None, 2)[1:] == (None, None)

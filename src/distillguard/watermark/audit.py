@@ -148,10 +148,12 @@ def reading_tuples(
     h: int,
     into: TupleSet,
     allowed_windows: set[tuple[int, ...]] | None = None,
+    eligible: Sequence[bool] | None = None,
 ) -> None:
     """Tuples (window of the answer, suspect's top-1 prediction) for one text.
 
-    ``predictions[i]`` is the suspect's prediction for answer position i given everything before.
+    ``predictions[i]`` is the suspect's prediction for answer position i given everything before;
+    ``eligible`` (``entropy.ReadingGate``) limits the positions scored.
     """
     prompt_windows = _ngrams(prompt_ids, h)
     actual: set[tuple[int, ...]] = set()
@@ -161,6 +163,8 @@ def reading_tuples(
         copyable = window in prompt_windows or tup in actual
         actual.add(window + (int(answer_ids[i]),))
         if copyable or (allowed_windows is not None and window not in allowed_windows):
+            continue
+        if eligible is not None and not eligible[i]:
             continue
         into.add(tup)
 
@@ -267,14 +271,16 @@ def audit_open_weights(
     reference_model: Path | str | None = None,
     progress: bool = True,
     contexts: list[Example] | None = None,
+    gate: Any | None = None,
 ) -> AuditResult:
     """Reading audit: ``examples`` are the served watermarked texts, ``contexts`` texts written
-    without the key that the suspect reads (see the module docstring)."""
+    without the key that the suspect reads (see the module docstring); ``gate`` an
+    ``entropy.ReadingGate`` (score only positions where the watermarking model had no dominant token)."""
     started = time.time()
     check_contexts(contexts, examples, params, keys, reference_tokenizer)
     model, tok = load_suspect(suspect)
     return audit_loaded_model(model, tok, examples, params, keys, str(suspect), reference_tokenizer, filter_seen,
-                              control_keys, reference_model, progress, started, contexts)
+                              control_keys, reference_model, progress, started, contexts, gate)
 
 
 def check_contexts(contexts: list[Example] | None, examples: list[Example], params: SchemeParams, keys: KeyRing,
@@ -317,6 +323,7 @@ def audit_loaded_model(
     progress: bool = True,
     started: float | None = None,
     contexts: list[Example] | None = None,
+    gate: Any | None = None,
 ) -> AuditResult:
     """Reading mode on an already loaded transformers model and tokenizer: it reads ``contexts``
     (unwatermarked; checked by ``audit_open_weights``, not here); ``examples`` (the served texts)
@@ -329,29 +336,36 @@ def audit_loaded_model(
     allowed = None
     if filter_seen:
         allowed = set().union(*(_ngrams(_encode_example(tok, ex)[1], params.context_width) for ex in examples))
-    tset = _read_all(model, encoded, params.context_width, allowed, progress, "reading suspect")
+    masks = None
+    if gate is not None:
+        masks = [gate.eligible(p, a) for p, a in encoded]
+    tset = _read_all(model, encoded, params.context_width, allowed, progress, "reading suspect", masks)
     reference = None
     if reference_model is not None:
         ref_model, ref_tok = load_suspect(reference_model)
         check_tokenizer(ref_tok, reference_tokenizer)
-        rset = _read_all(ref_model, encoded, params.context_width, allowed, progress, "reading reference")
+        rset = _read_all(ref_model, encoded, params.context_width, allowed, progress, "reading reference", masks)
         best = min((rset.score(params, k.secret) for k in keys.keys), key=lambda s: s.p_value)
         reference = ScoredSet(best.tuples, best.score, min(1.0, best.p_value * len(keys)))
-    return _conclude("open-weights", suspect, len(contexts), tset, params, keys, control_keys, started, reference)
+    res = _conclude("open-weights", suspect, len(contexts), tset, params, keys, control_keys, started, reference)
+    if gate is not None:
+        res.control["reading_gate"] = gate.describe()
+    return res
 
 
 def _read_all(model: Any, encoded: list[tuple[list[int], list[int]]], h: int,
-              allowed: set[tuple[int, ...]] | None, progress: bool, label: str) -> TupleSet:
+              allowed: set[tuple[int, ...]] | None, progress: bool, label: str,
+              masks: list[Any] | None = None) -> TupleSet:
     from rich.progress import track
 
     tset = TupleSet(h)
-    it = track(encoded, description=label, transient=True) if progress else encoded
-    for prompt_ids, answer_ids in it:
+    it = track(list(enumerate(encoded)), description=label, transient=True) if progress else enumerate(encoded)
+    for j, (prompt_ids, answer_ids) in it:
         if len(answer_ids) <= h:
             continue
         preds = read_predictions(model, prompt_ids, answer_ids)
         n = len(preds)
-        reading_tuples(answer_ids[:n], preds, prompt_ids, h, tset, allowed)
+        reading_tuples(answer_ids[:n], preds, prompt_ids, h, tset, allowed, None if masks is None else masks[j][:n])
     return tset
 
 

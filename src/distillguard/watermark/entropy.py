@@ -89,11 +89,12 @@ class ScoringModel:
 
     def position_stats(
         self, prompt_ids: Sequence[int], answer_ids: Sequence[int], temperature: float = 1.0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(entropy in nats, probability of the actual token) for each answer position, at ``temperature``.
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(entropy in nats, probability of the actual token, largest probability) for each answer
+        position, at ``temperature``.
 
         Position i is predicted from prompt + answer[:i]. Without a prompt, position 0 has no
-        context and gets entropy 0 and probability 1 (never eligible). Texts longer than
+        context and gets entropy 0 and probabilities 1 (never eligible). Texts longer than
         ``max_len`` are read in windows that overlap by half, so every position keeps at least
         max_len/2 tokens of context.
         """
@@ -104,6 +105,7 @@ class ScoringModel:
         prompt, answer = [int(x) for x in prompt_ids], [int(x) for x in answer_ids]
         ent = np.zeros(len(answer), dtype=np.float64)
         prob = np.ones(len(answer), dtype=np.float64)
+        top = np.ones(len(answer), dtype=np.float64)
         ids = prompt + answer
         start = len(prompt)  # index in ids of the first answer token
         step = max(1, self.max_len // 2)
@@ -117,15 +119,16 @@ class ScoringModel:
                     e = -(logp.exp() * logp).sum(-1).cpu().numpy()
                     nxt = torch.tensor(ids[lo + 1 : hi], device=logp.device)
                     pr = logp.gather(1, nxt[:, None])[:, 0].exp().cpu().numpy()
+                    mx = logp.max(-1).values.exp().cpu().numpy()
                     for j in range(len(e)):
                         pos = lo + j + 1 - start
                         # a later window only fills the positions past the previous one's end
                         if pos >= 0 and (lo == 0 or j >= self.max_len - step - 1):
-                            ent[pos], prob[pos] = e[j], pr[j]
+                            ent[pos], prob[pos], top[pos] = e[j], pr[j], mx[j]
                 if hi >= len(ids):
                     break
                 lo += step
-        return ent, prob
+        return ent, prob, top
 
 
 @dataclass
@@ -153,7 +156,7 @@ class EntropyGate:
             raise ScoringModelError(f"max_token_prob must be in (0, 1], got {self.max_token_prob}")
 
     def eligible(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
-        ent, prob = self.model.position_stats(prompt_ids, answer_ids, self.temperature)
+        ent, prob, _ = self.model.position_stats(prompt_ids, answer_ids, self.temperature)
         ok = ent >= self.min_entropy
         if self.max_token_prob is not None:
             ok &= prob <= self.max_token_prob
@@ -162,3 +165,33 @@ class EntropyGate:
     def describe(self) -> dict[str, object]:
         return {"scoring_model": self.model.name, "min_entropy_nats": self.min_entropy,
                 "max_token_prob": self.max_token_prob, "temperature": self.temperature}
+
+
+@dataclass
+class ReadingGate:
+    """Radioactivity reading mode: which context positions to score.
+
+    A suspect's top-1 prediction can only show a learned watermark bias where the watermarking
+    model had no dominant token: where it did, a student trained on watermarked text predicts that
+    token like any other model, and its keyed draw is noise. Positions where the scoring model (the
+    watermarking model) gives its top token more than ``max_top_prob`` at ``temperature`` are
+    skipped. The rule looks at the context and the scoring model only, never at the key or the
+    suspect, so the audit's p-value stays exact. Fixed a priori at 0.5 (the detection gate's
+    value), not tuned on any audit.
+    """
+
+    model: ScoringModel
+    max_top_prob: float = 0.5
+    temperature: float = 0.7
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_top_prob <= 1:
+            raise ScoringModelError(f"max_top_prob must be in (0, 1], got {self.max_top_prob}")
+        if self.temperature <= 0:
+            raise ScoringModelError(f"temperature must be > 0, got {self.temperature}")
+
+    def eligible(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+        return self.model.position_stats(prompt_ids, answer_ids, self.temperature)[2] <= self.max_top_prob
+
+    def describe(self) -> dict[str, object]:
+        return {"scoring_model": self.model.name, "max_top_prob": self.max_top_prob, "temperature": self.temperature}
