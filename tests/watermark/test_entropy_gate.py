@@ -179,3 +179,29 @@ def test_cli_detect_with_scoring_model(tiny, tmp_path):
     assert r.exit_code != 0 and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli(["-", "--min-entropy", "1.0"], text, tmp_path)
     assert r.exit_code != 0 and "only apply with --scoring-model" in r.stderr
+
+
+def test_cli_audit_with_reading_gate(tiny, tmp_path):
+    """Open-weight audit through the CLI: unwatermarked contexts, the reading gate, and its errors."""
+    from typer.testing import CliRunner
+
+    from distillguard.cli import app
+
+    keyf = tmp_path / "key"
+    keyf.write_text("cli-test-key-0123456789abcdef")
+    served = tmp_path / "served.txt"
+    served.write_text("The river runs by the old city at night.\n\nA dog and a cat sat by the door.\n")
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text("The city is old and the river is long.\n\nThe cat sat on the table by the window.\n")
+    base = ["watermark", "audit", "--suspect", str(tiny), "--texts", str(served), "--contexts", str(ctx),
+            "--key-file", str(keyf), "--json"]
+    plain = CliRunner().invoke(app, base)
+    assert plain.exit_code == 0, plain.output
+    r = CliRunner().invoke(app, [*base, "--scoring-model", str(tiny), "--max-top-prob", "0.5"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["control"]["reading_gate"]["max_top_prob"] == 0.5
+    # a random model never has a dominant token: the gate keeps every position
+    assert out["tuples_scored"] == json.loads(plain.stdout)["tuples_scored"] > 0
+    r = CliRunner().invoke(app, [*base, "--scoring-model", str(tiny), "--max-top-prob", "0"])
+    assert r.exit_code != 0 and "max_top_prob must be in (0, 1]" in r.stderr

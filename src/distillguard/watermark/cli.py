@@ -177,6 +177,11 @@ def audit(
         help="Open weights: texts written WITHOUT the key for the suspect to read (events JSONL or text file), "
              "e.g. the same prompts answered with the watermark off.")] = None,
     mode: Annotated[str, typer.Option(help="open-weights | black-box | auto (URL → black-box).")] = "auto",
+    scoring_model: Annotated[Optional[str], typer.Option(
+        help="Open weights: score only positions where this model (the watermarking model: HF folder, .gguf or "
+             "'served') gives its top token at most --max-top-prob.")] = None,
+    max_top_prob: Annotated[float, typer.Option(help="Reading gate threshold (with --scoring-model).")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="Reading gate: the temperature the texts were served at.")] = 0.7,
     key_file: KeyFile = None,
     key_env: KeyEnv = None,
     config: Config = None,
@@ -194,6 +199,7 @@ def audit(
     import os
 
     from distillguard.watermark.audit import AuditError, audit_black_box, audit_open_weights, load_examples
+    from distillguard.watermark.entropy import ScoringModelError
     from distillguard.watermark.tokenizer import load_tokenizer
 
     cfg, ring, params = _setup(config, key_file, key_env)
@@ -211,13 +217,19 @@ def audit(
                 raise AuditError("open-weights mode needs --contexts: texts written without the watermark key for the "
                                  "suspect to read (reading the watermarked texts biases the test)")
             ctx = load_examples(contexts, limit)
+            gate = None
+            if scoring_model:
+                from distillguard.watermark.entropy import ReadingGate
+
+                gate = ReadingGate(_gate(scoring_model, 0.0, None, 1.0, tokenizer).model, max_top_prob=max_top_prob,
+                                   temperature=temperature)
             res = audit_open_weights(suspect, examples, params, ring, tokenizer, filter_seen, control_keys, reference,
-                                     contexts=ctx)
+                                     contexts=ctx, gate=gate)
         else:
             api_key = os.environ.get(api_key_env) if api_key_env else None
             res = audit_black_box(suspect, examples, params, ring, tokenizer, model_name, max_tokens,
                                   control_keys=control_keys, api_key=api_key)
-    except (AuditError, FileNotFoundError) as exc:
+    except (AuditError, ScoringModelError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     out = res.to_dict()
     out["verdict"] = "radioactive" if res.p_value <= fpr else "not_detected"
