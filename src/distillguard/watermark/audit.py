@@ -18,7 +18,8 @@ token that won is biased high and every other token low. A model that merely pre
 well, *never trained on any watermark*, then scores far from the null. Measured on 150 watermarked
 SmolLM2 answers read by SmolLM2 itself (the model that wrote them, so not radioactive): the 6,793
 tuples whose prediction equalled the actual token averaged 1.21 against 1.00 under H0 (p = 2e-57),
-the 3,438 others 0.76. Reading unwatermarked contexts removes the dependence: the prediction
+the 3,438 others 0.76; all 10,231 together, p of about 1e-8 (bench/watermark_radioactivity.py
+records the whole biased audit of the base model beside the unbiased one). Reading unwatermarked contexts removes the dependence: the prediction
 is a function of the context and the suspect, neither of which saw the key, so the p-value is
 exact under H0 (no training on watermarked text). The audit refuses contexts that carry the
 watermark (a pooled detection test on them) or repeat the served texts.
