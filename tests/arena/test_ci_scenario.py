@@ -141,6 +141,8 @@ def test_attacker_trained_and_was_audited(run: tuple[Path, dict[str, Any]]) -> N
     assert s["collected_answers"] > 0 and s["train"]["steps"] == 2
     ra = s["radioactivity"]["student"]
     assert 0.0 <= ra["p_value"] <= 1.0 and ra["tuples_scored"] > 0
+    # the student read unwatermarked answers to the attacker's prompts, not the watermarked texts
+    assert "unwatermarked answers" in s["radioactivity"]["contexts"]
     # the collected answers carry the gateway's watermark, and a random key does not see it
     wm = m["watermark"]
     assert wm["attacker"]["p_value"] < 1e-6 < wm["attacker_random_key"]["p_value"]
