@@ -9,7 +9,10 @@ tuples give n and a score:
 * Gumbel-max: score = sum of -log(1 - u), p = P[Gamma(n, 1) >= score]   (scipy gamma.sf)
 
 Both are exact under H0 (text written without the key), unlike the z-score's normal
-approximation, which is badly anti-conservative in the tail for short texts. With several keys
+approximation, which is badly anti-conservative in the tail for short texts. Entropy-aware
+detection (``entropy.py``) passes an ``eligible`` mask per text: only the positions where the
+model had a real choice are scored, which needs far fewer tokens and keeps the test exact
+because the mask never looks at the key. With several keys
 in the ring we test each and multiply the smallest p-value by the number of keys (Bonferroni).
 """
 
