@@ -97,7 +97,7 @@ def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True
 
 
 def entropy_masks(wins: list[list[int]], min_entropy: float, max_token_prob: float | None, temperature: float,
-                  batch: int = 64) -> list[np.ndarray]:
+                  batch: int = 64, threads: int = 1) -> list[np.ndarray]:
     """What `watermark detect --scoring-model` computes for each window read on its own (no prompt):
     eligible = SmolLM2's entropy >= ``min_entropy`` and the actual token's probability <=
     ``max_token_prob``, at ``temperature``. Windows of one length share a batch."""
@@ -107,6 +107,7 @@ def entropy_masks(wins: list[list[int]], min_entropy: float, max_token_prob: flo
     from watermark_power import load_model
 
     model, _ = load_model()
+    torch.set_num_threads(threads)
     out: list[np.ndarray | None] = [None] * len(wins)
     by_len: dict[int, list[int]] = {}
     for j, w in enumerate(wins):
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--gate-entropy", type=float, default=DEFAULT_MIN_ENTROPY, help="min entropy, nats")
     ap.add_argument("--gate-max-token-prob", type=float, default=DEFAULT_MAX_TOKEN_PROB)
     ap.add_argument("--gate-temperature", type=float, default=0.7)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the entropy masks")
     ap.add_argument("--gate-windows", type=int, default=30000,
                     help="entropy-aware detection on this many evenly spaced windows (one forward pass each)")
     a = ap.parse_args()
@@ -169,7 +171,7 @@ def main() -> None:
     if a.gate:  # one forward pass per window, shared by every scheme
         sub = np.unique(np.linspace(0, len(wins) - 1, min(a.gate_windows, len(wins))).astype(int))
         sub_wins = [wins[j] for j in sub]
-        masks = entropy_masks(sub_wins, a.gate_entropy, a.gate_max_token_prob, a.gate_temperature)
+        masks = entropy_masks(sub_wins, a.gate_entropy, a.gate_max_token_prob, a.gate_temperature, threads=a.threads)
     for name in a.schemes.split(","):
         params = SCHEMES[name]
         ps = test_windows(params, wins)

@@ -310,6 +310,11 @@ def main() -> None:
                 pv = prefix_p_values(Watermark(CONFIGS[name], BENCH_SECRET), w_ans)
             real_steps[name].append(tokens_to_threshold(pv))
             if len(w_ans) < 2:
+                for g in gates if name != HF_ANCHOR else []:  # too short to score: never, as in the plain row
+                    k = f"{name}@{g}"
+                    real_steps[k].append(float("inf"))
+                    real_len[k].append(len(w_ans))
+                    rep4[k].append(rep4[name][-1])
                 continue
             if "nll" in d[name]:
                 real_nll[name].append(np.array(d[name]["nll"][:HORIZON]))
