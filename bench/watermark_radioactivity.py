@@ -25,11 +25,12 @@
    * open weights (reading mode): every model reads the UNWATERMARKED answers to the first N
      prompts of the order (the prompts the snapshot was trained on; the control trained on these
      very answers; the untouched base model, the first ``--base-read``). Session 5 found that
-     reading the watermarked texts themselves (the design of sessions 3-4) is biased: for the
-     model that wrote them, never trained on any watermark, the tuples where its prediction is
-     the actual token score p = 2e-57 on 150 answers (see watermark/audit.py); the base-model audit repeats that biased read to show it
-     (``open_weights_reading_watermarked_texts``). The results before session 5
-     (``watermark_radioactivity_keep24*.json``) used the biased read and are superseded;
+     reading the watermarked texts themselves (the design of sessions 3-4) is biased: the
+     tuples where a reader predicts the actual token score high, the others low, and the net
+     depends on how often the reader predicts the text (bench/watermark_reading_bias.py);
+     the base-model audit repeats that biased read (``open_weights_reading_watermarked_texts``).
+     The results before session 5 (``watermark_radioactivity_keep24*.json``) used the biased
+     read and are superseded;
    * black box: the model answers the first ``--blackbox-prompts`` prompts of the order (all
      of them seen by every snapshot; temperature 0.7, 128 tokens), its answers are scored with
      deduplication.

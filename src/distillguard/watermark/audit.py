@@ -14,15 +14,17 @@ towards the tokens that were green (or had a high Gumbel draw) after each window
 
 Why the contexts must be unwatermarked: every window of a watermarked text was followed by a
 keyed race over the vocabulary, so the draws u(window, token) are not uniform given that text: the
-token that won is biased high and every other token low. A model that merely predicts the text
-well, *never trained on any watermark*, then scores far from the null. Measured on 150 watermarked
-SmolLM2 answers read by SmolLM2 itself (the model that wrote them, so not radioactive): the 6,793
-tuples whose prediction equalled the actual token averaged 1.21 against 1.00 under H0 (p = 2e-57),
-the 3,438 others 0.76; all 10,231 together, p of about 1e-8 (bench/watermark_radioactivity.py
-records the whole biased audit of the base model beside the unbiased one). Reading unwatermarked contexts removes the dependence: the prediction
-is a function of the context and the suspect, neither of which saw the key, so the p-value is
-exact under H0 (no training on watermarked text). The audit refuses contexts that carry the
-watermark (a pooled detection test on them) or repeat the served texts.
+token that won is biased high and every other token low. Read by the model that wrote them (never
+trained on any watermark; bench/watermark_reading_bias.py, 300 answers, this module's filters),
+the tuples whose prediction is the actual token average 1.20 against 1.00 under H0 (p = 7e-46 over
+5,693), the 3,204 others 0.63; in total p = 0.71, but only because the two balance at that reader's
+64% agreement with the text. A suspect that predicts the text more often, e.g. a student that
+memorised it, scores high without having learned anything about the key (the audits of sessions
+3-4 read that way and gave p = 8e-14 for a student at N = 496; the same recipe in session 5
+reads p = 0.01 on unwatermarked contexts). Reading unwatermarked contexts removes the dependence: the prediction is a function of
+the context and the suspect, neither of which saw the key, so the p-value is exact under H0 (no
+training on watermarked text). The audit refuses contexts that carry the watermark (a pooled
+detection test on them) or repeat the served texts.
 
 Tuples are deduplicated across all texts. A tuple the suspect could have *copied from its input*
 is skipped: its window occurs in the example's own prompt, or the same (window, token) already
