@@ -97,11 +97,8 @@ def detect(
         """Eligibility masks (prompt, answer ids, temperature) when entropy-aware, else None."""
         if gate is None:
             return None
-        out = []
-        for prompt, answer_ids, temp in items:
-            gate.temperature = temp if temp and temp > 0 else temperature
-            out.append(gate.eligible(gate.model.prompt_ids(prompt), answer_ids))
-        return out
+        return [gate.eligible(gate.model.prompt_ids(prompt), answer_ids, temp if temp and temp > 0 else None)
+                for prompt, answer_ids, temp in items]
 
     try:
         if ids:
@@ -132,7 +129,6 @@ def detect(
                     per_text.append({"index": i, "error": str(exc)})
             result = {"pooled": det.detect_ids(encoded, fpr, ms).to_dict(), "texts": per_text}
         if gate is not None:
-            gate.temperature = temperature
             (result.get("pooled", result))["entropy_gate"] = gate.describe() | (
                 {"temperature": "each event's own (else --temperature)"} if events else {})
     except DetectionInputError as exc:

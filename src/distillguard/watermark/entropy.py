@@ -155,8 +155,10 @@ class EntropyGate:
         if self.max_token_prob is not None and not 0 < self.max_token_prob <= 1:
             raise ScoringModelError(f"max_token_prob must be in (0, 1], got {self.max_token_prob}")
 
-    def eligible(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
-        ent, prob, _ = self.model.position_stats(prompt_ids, answer_ids, self.temperature)
+    def eligible(self, prompt_ids: Sequence[int], answer_ids: Sequence[int],
+                 temperature: float | None = None) -> np.ndarray:
+        """One bool per answer position; ``temperature`` overrides the gate's (e.g. a request's own)."""
+        ent, prob, _ = self.model.position_stats(prompt_ids, answer_ids, temperature or self.temperature)
         ok = ent >= self.min_entropy
         if self.max_token_prob is not None:
             ok &= prob <= self.max_token_prob
