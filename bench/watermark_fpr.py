@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from watermark_common import BENCH_SECRET, DATASETS, read_cache, write_result  # noqa: E402
 
 from distillguard.watermark.detect import p_value  # noqa: E402
-from distillguard.watermark.entropy import DEFAULT_MAX_TOKEN_PROB, DEFAULT_MIN_ENTROPY  # noqa: E402
+from distillguard.watermark.entropy import DEFAULT_MAX_TOKEN_PROB, DEFAULT_MIN_ENTROPY, next_token_stats  # noqa: E402
 from distillguard.watermark.schemes import SchemeParams, Watermark  # noqa: E402
 from distillguard.watermark.tokenizer import load_tokenizer  # noqa: E402
 
@@ -117,14 +117,12 @@ def entropy_masks(wins: list[list[int]], min_entropy: float, max_token_prob: flo
         for length, js in by_len.items():
             for k in range(0, len(js), batch):
                 part = js[k : k + batch]
-                logits = model(input_ids=torch.tensor([wins[j] for j in part])).logits.double() / temperature
-                lp = torch.log_softmax(logits, -1)
-                ent = -(lp.exp() * lp).sum(-1).numpy()  # ent[:, i] predicts position i + 1
-                nxt = torch.tensor([wins[j][1:] for j in part])
-                prob = lp[:, :-1].gather(2, nxt[:, :, None])[:, :, 0].exp().numpy()
+                logits = model(input_ids=torch.tensor([wins[j] for j in part])).logits
+                # row i predicts position i + 1
+                ent, prob, _ = next_token_stats(logits[:, :-1], [wins[j][1:] for j in part], temperature)
                 for row, j in enumerate(part):
                     m = np.zeros(length, dtype=bool)
-                    m[1:] = ent[row, :-1] >= min_entropy
+                    m[1:] = ent[row] >= min_entropy
                     if max_token_prob is not None:
                         m[1:] &= prob[row] <= max_token_prob
                     out[j] = m

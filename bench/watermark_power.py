@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from watermark_common import BENCH_SECRET, CACHE, TUNE_N, read_cache, write_result  # noqa: E402
 
 from distillguard.watermark.detect import prefix_p_values  # noqa: E402
+from distillguard.watermark.entropy import next_token_stats  # noqa: E402
 from distillguard.watermark.schemes import SchemeParams, Watermark  # noqa: E402
 
 THRESH = 1e-5
@@ -254,9 +255,7 @@ def main() -> None:
 
     def gate_masks(logits: torch.Tensor, ids: list[int]) -> dict[str, np.ndarray]:
         """Eligible positions under every gate, from the model's logits at the generation temperature."""
-        lp = torch.log_softmax(logits / T, -1)
-        ent = (-(lp.exp() * lp).sum(-1)).numpy()
-        chosen = lp[torch.arange(len(ids)), torch.tensor(ids)].exp().numpy()
+        ent, chosen, _ = next_token_stats(logits, ids, T)
         out = {}
         for g in gates:
             m = np.ones(len(ids), dtype=bool)

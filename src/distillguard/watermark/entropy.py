@@ -39,6 +39,21 @@ DEFAULT_MIN_ENTROPY = 0.0
 DEFAULT_MAX_TOKEN_PROB: float | None = 0.5
 
 
+def next_token_stats(logits: Any, next_ids: Any, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(entropy in nats, probability of the next token, largest probability) per row at ``temperature``.
+
+    ``logits``: a torch tensor [..., L, V] whose row i predicts ``next_ids[..., i]`` (shape [..., L]).
+    """
+    import torch
+
+    logp = torch.log_softmax(logits.double() / temperature, -1)
+    nxt = torch.as_tensor(next_ids, device=logp.device)
+    ent = -(logp.exp() * logp).sum(-1)
+    prob = logp.gather(-1, nxt[..., None])[..., 0].exp()
+    top = logp.max(-1).values.exp()
+    return ent.cpu().numpy(), prob.cpu().numpy(), top.cpu().numpy()
+
+
 class ScoringModelError(ValueError):
     """The scoring model cannot be used (missing, other tokenizer); the message says what to fix."""
 
@@ -115,11 +130,8 @@ class ScoringModel:
                 hi = min(len(ids), lo + self.max_len)
                 if hi - lo >= 2:
                     logits = self.model(input_ids=torch.tensor([ids[lo:hi]], device=self.model.device)).logits[0]
-                    logp = torch.log_softmax(logits.double() / temperature, -1)[:-1]  # row j predicts ids[lo+j+1]
-                    e = -(logp.exp() * logp).sum(-1).cpu().numpy()
-                    nxt = torch.tensor(ids[lo + 1 : hi], device=logp.device)
-                    pr = logp.gather(1, nxt[:, None])[:, 0].exp().cpu().numpy()
-                    mx = logp.max(-1).values.exp().cpu().numpy()
+                    # row j predicts ids[lo + j + 1]
+                    e, pr, mx = next_token_stats(logits[:-1], ids[lo + 1 : hi], temperature)
                     for j in range(len(e)):
                         pos = lo + j + 1 - start
                         # a later window only fills the positions past the previous one's end
