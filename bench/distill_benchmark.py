@@ -119,6 +119,18 @@ def llamacpp_speed(teacher: Path, student: Path, prompts: list[list[int]], max_t
             "threads": threads, "max_tokens": max_tokens, "prompts": len(prompts)}
 
 
+def loss_curve(log: Path, points: int = 12) -> list[dict]:
+    """The training loss averaged over ``points`` equal stretches of steps (from train_log.jsonl)."""
+    if not log.is_file():
+        return []
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    last = {r["step"]: r for r in rows}  # a resumed run logs the redone steps again: keep the last
+    steps = [last[k] for k in sorted(last)]
+    n = max(1, len(steps) // points)
+    return [{"steps": f"{c[0]['step']}-{c[-1]['step']}", "loss": sum(r["loss"] for r in c) / len(c)}
+            for c in (steps[i : i + n] for i in range(0, len(steps), n))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="bench/distill_config.toml")
@@ -202,6 +214,7 @@ def main() -> None:
                 train_summaries[name]["cpu_s_per_step"] = d["cpu_seconds"] / done
                 train_summaries[name]["tokens_per_cpu_s"] = d["tokens"] / d["cpu_seconds"]
             train_summaries[name]["config"] = d["config"]
+            train_summaries[name]["loss_curve"] = loss_curve(f.parent / "train_log.jsonl")
     # Steps run earlier in the background (the long teacher collection), with their CPU time.
     background = [ROOT / "bench" / "cache" / n for n in ("collect_runs.jsonl", "background_steps.jsonl")]
     result = {

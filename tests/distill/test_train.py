@@ -108,3 +108,35 @@ def test_answer_logits_match_full_forward(run_cfg):
         part = answer_logits(model, batch)
     assert part.shape == full.shape
     torch.testing.assert_close(part, full, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_mixed_precision_trains_and_saves_float32(run_cfg):
+    run_cfg.train.method, run_cfg.train.precision = "logits", "bf16"
+    run_cfg.train.learning_rate, run_cfg.train.max_steps = 3e-3, 6
+    before = _mean_loss(run_cfg, run_cfg.student_init_path())
+    s = train(run_cfg, progress=False)
+    after = _mean_loss(run_cfg, s.output)
+    assert after < before, (before, after)
+    student, _ = load_model(s.output)
+    # master weights stay float32: only the forward passes ran in bfloat16
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+
+
+def test_bf16_loss_close_to_fp32(run_cfg):
+    run_cfg.train.method = "logits"
+    student, tok = load_model(run_cfg.student_init_path())
+    teacher = load_model(run_cfg.teacher.model_path)[0]
+    examples, _ = prepare(run_cfg, tok)
+    batch = collate(examples[:4], tok.pad_token_id)
+    losses = {}
+    with torch.no_grad():
+        for p in ("fp32", "bf16"):
+            run_cfg.train.precision = p
+            losses[p] = float(batch_loss(student, teacher, batch, run_cfg)[0])
+    assert losses["fp32"] > 0
+    assert abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"], losses
+
+
+def test_precision_must_be_known(run_cfg):
+    with pytest.raises(ValueError, match="precision"):
+        run_cfg.train.model_validate({**run_cfg.train.model_dump(), "precision": "fp8"})

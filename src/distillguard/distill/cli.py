@@ -230,13 +230,14 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     learning_rate: Optional[float] = typer.Option(None, "--lr"),
     name: Optional[str] = typer.Option(None, "--name", help="run name (students/<name>)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (mixed precision, ~2x faster with AMX)"),
     force: bool = typer.Option(False, "--force", help="train again even if this run finished"),
 ) -> None:
     """Train the student on the teacher (sequence-level or token-level KD); resumes from checkpoints."""
     cfg = load_config(
         config, workdir, train__method=method, train__loss=loss, train__beta=beta, train__temperature=temperature,
         train__max_steps=max_steps, train__max_minutes=max_minutes, train__epochs=epochs, train__batch_size=batch_size,
-        train__learning_rate=learning_rate, train__name=name,
+        train__learning_rate=learning_rate, train__name=name, train__precision=precision,
     )
     _train(cfg, force)
 

@@ -153,6 +153,10 @@ class TrainConfig(BaseModel):
     save_every: int = Field(50, ge=1)
     seed: int = 0
     threads: int = Field(2, ge=1)
+    #: "bf16": mixed precision (weights, optimizer and loss stay float32; the forward passes of
+    #: student and teacher run under bfloat16 autocast). About 2x faster per step on CPUs with
+    #: AMX / AVX-512 BF16 (bench/distill_precision.py); slow on CPUs without them.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def run_name(self) -> str:
         if self.name:
