@@ -102,6 +102,40 @@ class ScoringModel:
         """Entropy (nats) of the distribution that produced each answer token, at ``temperature``."""
         return self.position_stats(prompt_ids, answer_ids, temperature)[0]
 
+    def answer_logits(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+        """[len(answer), V] float32 logits; row i predicts answer[i] from prompt + answer[:i].
+
+        For replay detection (``replay.py``). Without a prompt, row 0 has no context and is zeros.
+        Texts longer than ``max_len`` are read in windows that overlap by half, as in
+        ``position_stats``.
+        """
+        import torch
+
+        prompt, answer = [int(x) for x in prompt_ids], [int(x) for x in answer_ids]
+        ids = prompt + answer
+        start = len(prompt)
+        out: np.ndarray | None = None
+        step = max(1, self.max_len // 2)
+        lo = 0
+        with torch.inference_mode():
+            while True:
+                hi = min(len(ids), lo + self.max_len)
+                if hi - lo >= 2:
+                    logits = self.model(input_ids=torch.tensor([ids[lo:hi]], device=self.model.device)).logits[0, :-1]
+                    rows = logits.float().cpu().numpy()
+                    if out is None:
+                        out = np.zeros((len(answer), rows.shape[-1]), dtype=np.float32)
+                    for j in range(rows.shape[0]):
+                        pos = lo + j + 1 - start
+                        if pos >= 0 and (lo == 0 or j >= self.max_len - step - 1):
+                            out[pos] = rows[j]
+                if hi >= len(ids):
+                    break
+                lo += step
+        if out is None:
+            raise ScoringModelError("the text is too short to read (fewer than 2 tokens with the prompt)")
+        return out
+
     def position_stats(
         self, prompt_ids: Sequence[int], answer_ids: Sequence[int], temperature: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

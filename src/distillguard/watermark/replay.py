@@ -1,0 +1,149 @@
+"""Replay detection for Gumbel-max: redo the keyed choice with the model and count the matches.
+
+The served Gumbel-max watermark picks ``argmax_i log(u_i) / q_i`` at each position, with u the
+keyed uniforms of the window and q the request's sampling distribution. A key holder who has the
+model can redo that choice at every position of a text and see whether the text's token is the
+one the key would have picked. This uses the information in the text far better than the
+classic score (``-log(1 - u)`` of the chosen token, ``detect.py``):
+
+* Under H0 (text written without the key) the uniforms of a window are independent of the
+  text, so by the Gumbel-max trick the replayed choice equals the text's token with probability
+  exactly q_t(x_t), the detector's own probability of that token. Distinct windows have
+  independent uniforms, so the matches are independent Bernoulli(q_t(x_t)). Only the first
+  occurrence of each window is scored (as generation with ``skip_repeated`` watermarks).
+* Under H1 a position matches whenever the detector's q is close enough to the generator's that
+  the argmax does not move: nearly always with the same model, prompt and temperature.
+
+The statistic is the log-likelihood ratio of "H1: each position matches with probability 1 - eps"
+against H0, rounded to a grid of ``resolution`` nats: a match adds log((1 - eps) / q_t(x_t)) (a
+match on a token the model found unlikely is strong evidence, one on a near-certain token is
+none), a mismatch adds log(eps / (1 - q_t(x_t))) (negative: watermarked text rarely mismatches).
+eps (``mismatch_rate``) allows for a detector whose q differs a little from the generator's
+(other numerics, no prompt, edits). The exact null distribution of this sum of independent
+two-valued terms comes from a dynamic program over the integer weights, so the p-value is exact,
+not an approximation, whatever model, prompt, temperature or eps the detector uses: those change
+the power, never the false-positive rate. When every position matches, p = prod q_t(x_t).
+An information bound (bench/watermark_entropy_bound.py) says no distortion-free detector can do
+better than the answer's entropy allows; this one spends -log q_t nats per matched token, which
+is what the entropy is made of.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from distillguard.watermark.schemes import Watermark, _softmax, _top_p
+
+#: nats per unit of integer weight in the statistic (finer = closer to the likelihood ratio)
+RESOLUTION = 0.05
+#: a match on a token of probability below e^-30 counts as 30 nats (keeps the DP array small)
+MAX_WEIGHT_NATS = 30.0
+#: default eps: the share of positions of watermarked text that H1 expects not to replay
+#: (chosen on the tuning split of bench/watermark_replay_power.py)
+MISMATCH_RATE = 0.05
+
+
+class ReplayError(ValueError):
+    """Replay detection cannot run on this input; the message says what to fix."""
+
+
+@dataclass
+class ReplayResult:
+    positions: int  # positions scored (first occurrence of a window, 0 < q_t(x_t) < 1)
+    matches: int  # of those, where the replayed keyed choice is the text's token
+    score: float  # the log-likelihood ratio statistic, in nats (grid-rounded)
+    p_value: float  # exact under H0
+    prefix_p_values: np.ndarray  # p after each answer position (for "tokens needed")
+
+    @property
+    def match_rate(self) -> float:
+        return self.matches / self.positions if self.positions else 0.0
+
+
+def replay(
+    wm: Watermark,
+    logits: np.ndarray,
+    answer_ids: Sequence[int],
+    temperature: float,
+    top_p: float = 1.0,
+    eligible: Sequence[bool] | None = None,
+    resolution: float = RESOLUTION,
+    mismatch_rate: float = MISMATCH_RATE,
+) -> ReplayResult:
+    """Replay test of one answer.
+
+    ``logits``: [len(answer_ids), V], row t the detector's logits for answer position t (from
+    the prompt and answer[:t]; ``entropy.ScoringModel.answer_logits``). Positions before the
+    first full window inside the answer are not scored. ``eligible`` optionally restricts the
+    positions further (any rule that does not look at the key keeps the test exact).
+    """
+    if wm.params.scheme != "gumbel":
+        raise ReplayError(f"replay detection is for the 'gumbel' scheme; this watermark is {wm.params.scheme!r}")
+    if not 0.0 < mismatch_rate < 1.0:
+        raise ReplayError(f"mismatch_rate must be in (0, 1), got {mismatch_rate}")
+    if temperature <= 0:
+        raise ReplayError("replay needs the sampling temperature (> 0): greedy answers carry no watermark")
+    ids = [int(x) for x in answer_ids]
+    if logits.shape[0] != len(ids):
+        raise ReplayError(f"{logits.shape[0]} logit rows for {len(ids)} answer tokens")
+    h = wm.params.context_width
+    vocab = logits.shape[-1]
+    seen: set[tuple[int, ...]] = set()
+    weights: list[tuple[int, int]] = []  # (match, mismatch) terms of the statistic, grid units
+    probs: list[float] = []
+    matched: list[bool] = []
+    at: list[int] = []  # answer position of each scored entry
+    for t in range(h, len(ids)):
+        window = tuple(ids[t - h : t])
+        if window in seen:
+            continue
+        seen.add(window)
+        if eligible is not None and not eligible[t]:
+            continue
+        q = _softmax(logits[t], temperature)
+        if top_p < 1.0:
+            q = _top_p(q, top_p)
+        qx = float(q[ids[t]])
+        if not 0.0 < qx < 1.0:
+            continue  # impossible or certain under the detector's q: no information either way
+        u = wm.uniform_row(window, vocab)
+        with np.errstate(divide="ignore"):
+            choice = int(np.argmax(np.where(q > 0, np.log(u) / q, -np.inf)))
+        lq = min(-np.log(qx), MAX_WEIGHT_NATS)
+        hit = int(round((lq + np.log1p(-mismatch_rate)) / resolution))
+        miss = int(round((np.log(mismatch_rate) - np.log1p(-qx)) / resolution))
+        if hit <= miss:
+            continue  # a match would not count as more evidence than a mismatch: uninformative
+        weights.append((hit, miss))
+        probs.append(qx)
+        matched.append(choice == ids[t])
+        at.append(t)
+
+    # exact null by dynamic programming over the integer statistic. Shift every term by its
+    # mismatch value: term = miss + (hit - miss) * match, so S - sum(miss) is a sum of
+    # nonnegative steps (hit - miss) taken with probability q: dist[s] = P(shifted S = s).
+    steps = [h_ - m_ for h_, m_ in weights]
+    dist = np.zeros(sum(steps) + 1)
+    dist[0] = 1.0
+    top = 0
+    s_obs = 0  # the shifted observed statistic
+    prefix = np.ones(len(ids))
+    last_p = 1.0
+    j = 0
+    for t in range(len(ids)):
+        while j < len(at) and at[j] == t:
+            k, q = steps[j], probs[j]
+            new = np.zeros(top + k + 1)
+            new[: top + 1] += (1.0 - q) * dist[: top + 1]
+            new[k:] += q * dist[: top + 1]
+            top += k
+            dist[: top + 1] = new
+            s_obs += k if matched[j] else 0
+            last_p = float(min(1.0, dist[s_obs : top + 1].sum()))
+            j += 1
+        prefix[t] = last_p
+    score = (s_obs + sum(m_ for _, m_ in weights)) * resolution
+    return ReplayResult(len(at), int(sum(matched)), score, last_p, prefix)
