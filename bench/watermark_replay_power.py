@@ -18,7 +18,9 @@ and 0.05, smallest p). Perplexity is a property of the answers, not of detection
 below is the gumbel answers' vs the unwatermarked answers' (recorded at generation).
 
     .venv/bin/python bench/watermark_batchgen.py --set power --chat 220 --configs none,gumbel1_skip --threads 1
-    .venv/bin/python bench/watermark_replay_power.py
+    .venv/bin/python bench/watermark_replay_power.py --split tune --mismatch-rates 0.02,0.05,0.1,0.2 \
+        --name watermark_replay_power_tune
+    .venv/bin/python bench/watermark_replay_power.py      # report split, the chosen eps
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def main() -> None:
     ap.add_argument("--split", default="report", choices=["report", "tune"])
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mismatch-rates", default="0.05",
+                    help="eps values of the replay test, comma-separated (each its own row; choose on --split tune)")
     ap.add_argument("--name", default="watermark_replay_power")
     a = ap.parse_args()
 
@@ -70,7 +74,9 @@ def main() -> None:
     model, tok = wp.load_model("cpu")
     scorer = ScoringModel(model, tok, name="SmolLM2-135M-Instruct (the served GGUF, dequantised)")
     wm = Watermark(CONFIGS[a.config], BENCH_SECRET)
-    detectors = ["plain", "gated", "replay", "replay_no_prompt"]
+    eps_list = [float(x) for x in a.mismatch_rates.split(",") if x]
+    replays = [f"replay@{e:g}" for e in eps_list] + [f"replay_no_prompt@{e:g}" for e in eps_list]
+    detectors = ["plain", "gated", *replays]
     steps = {k: [] for k in detectors}
     null = {k: [] for k in detectors}
     match_rate = {"watermarked": [], "unwatermarked": []}
@@ -83,11 +89,13 @@ def main() -> None:
         ans = tok(text, add_special_tokens=False)["input_ids"][:H]
         logits = scorer.answer_logits(p_ids, ans)
         _, prob, _ = next_token_stats(torch.from_numpy(logits), ans, T)
-        r = replay(wm, logits, ans, T)
-        out = {"plain": prefix_p_values(wm, ans), "gated": prefix_p_values(wm, ans, prob <= 0.5),
-               "replay": r.prefix_p_values}
-        if with_no_prompt:
-            out["replay_no_prompt"] = replay(wm, scorer.answer_logits([], ans), ans, T).prefix_p_values
+        out = {"plain": prefix_p_values(wm, ans), "gated": prefix_p_values(wm, ans, prob <= 0.5)}
+        bare = scorer.answer_logits([], ans) if with_no_prompt else None
+        for e in eps_list:
+            r = replay(wm, logits, ans, T, mismatch_rate=e)
+            out[f"replay@{e:g}"] = r.prefix_p_values
+            if bare is not None:
+                out[f"replay_no_prompt@{e:g}"] = replay(wm, bare, ans, T, mismatch_rate=e).prefix_p_values
         return out, r.match_rate, len(ans)
 
     for i in track(idxs, description="detecting"):
@@ -119,9 +127,9 @@ def main() -> None:
                                 "SmolLM2 weights, one sequence at a time (numerics differ slightly from the batched pass)",
                   "detectors": {"plain": "sum of -log(1-u) over distinct tuples, Gamma tail",
                                 "gated": "plain, only positions whose token had probability <= 0.5 at T (with prompt)",
-                                "replay": "keyed Gumbel-max choice redone with the model and the chat prompt; weighted "
-                                          "matches, exact tail (watermark/replay.py)",
-                                "replay_no_prompt": "replay from the answer text alone"},
+                                "replay@eps": "keyed Gumbel-max choice redone with the model and the chat prompt; "
+                                              "log-likelihood ratio with mismatch rate eps, exact tail (watermark/replay.py)",
+                                "replay_no_prompt@eps": "replay from the answer text alone"},
                   "note": "never = p >= 1e-5 after min(answer length, 200) tokens; answers that end early count as never"},
         "real": real,
         "null": {k: wp.null_summary(v) for k, v in null.items()},
@@ -136,7 +144,7 @@ def main() -> None:
         r = real[k]
         print(f"{k:18s} median {r['median_tokens_to_p<1e-5']} CI {r.get('median_95ci')} never {r['share_never_within_200']:.3f} "
               f"CI {r.get('share_never_95ci')}  null<0.01 {result['null'][k]['share_p<0.01']:.3f}")
-    print("match rate", result["replay_match_rate"])
+    print("match rate (with the prompt)", result["replay_match_rate"])
 
 
 if __name__ == "__main__":
