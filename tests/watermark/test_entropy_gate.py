@@ -205,3 +205,41 @@ def test_cli_audit_with_reading_gate(tiny, tmp_path):
     assert out["tuples_scored"] == json.loads(plain.stdout)["tuples_scored"] > 0
     r = CliRunner().invoke(app, [*base, "--scoring-model", str(tiny), "--max-top-prob", "0"])
     assert r.exit_code != 0 and "max_top_prob must be in (0, 1]" in r.stderr
+
+
+def test_cli_detect_replay(tiny, tmp_path):
+    """`watermark detect --replay`: text the tiny model wrote under the key is found from a few tokens;
+    the same text under another key is not; bad combinations fail with one line."""
+    import torch
+
+    from distillguard.watermark.config import WatermarkConfig
+    from distillguard.watermark.keys import load_key_ring
+
+    keyf = tmp_path / "key"
+    keyf.write_text("cli-test-key-0123456789abcdef")
+    wm = Watermark(WatermarkConfig().scheme_params(), load_key_ring(keyf, None).keys[0].secret)
+    model = ScoringModel.load(tiny)
+    proc = wm.processor(0.8)
+    ids = model.tokenizer("Once upon a time", add_special_tokens=False)["input_ids"][:2]
+    with torch.inference_mode():
+        for _ in range(12):
+            logits = model.model(input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+            ids.append(int(np.argmax(proc(np.array(ids), logits))))
+    r = _cli(["-", "--ids", "--scoring-model", str(tiny), "--temperature", "0.8", "--replay", "--json"],
+             json.dumps(ids), tmp_path)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    # random weights spread each choice over ~49k tokens: every match is ~10 nats of evidence. The
+    # second seed token was not generated under the key: 12 of the 13 scored positions match
+    assert out["detector"] == "replay" and out["matches"] == 12 == out["tokens_scored"] - 1, out
+    assert out["p_value"] < 1e-20, out
+    (tmp_path / "other").write_text("another-key-9876543210fedcba")
+    from typer.testing import CliRunner
+
+    from distillguard.cli import app
+
+    r = CliRunner().invoke(app, ["watermark", "detect", "-", "--ids", "--scoring-model", str(tiny), "--temperature",
+                                 "0.8", "--replay", "--json", "--key-file", str(tmp_path / "other")], input=json.dumps(ids))
+    assert r.exit_code == 0 and json.loads(r.stdout)["p_value"] > 1e-3
+    r = _cli(["-", "--replay"], "some text here", tmp_path)
+    assert r.exit_code != 0 and "--replay needs --scoring-model" in r.stderr

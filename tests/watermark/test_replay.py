@@ -139,3 +139,22 @@ def test_bad_input():
         replay(Watermark(SKIP, KEY), _logits(table, ids), ids, T, mismatch_rate=0.0)
     with pytest.raises(ReplayError, match="rows"):
         replay(Watermark(SKIP, KEY), _logits(table, ids)[:-1], ids, T)
+
+
+def test_pooled_equals_single_for_one_text_and_dedupes_windows_across_texts():
+    from distillguard.watermark.replay import replay_pooled
+
+    table = _bigram(6)
+    wm = Watermark(SKIP, KEY)
+    ids = _generate(table, KEY, 40, 0)
+    single = replay(wm, _logits(table, ids), ids, T)
+    assert replay_pooled(wm, [(_logits(table, ids), ids, T)]).p_value == single.p_value
+    # the same text twice: its windows are scored once, so the evidence does not double
+    twice = replay_pooled(wm, [(_logits(table, ids), ids, T)] * 2)
+    assert twice.positions == single.positions and twice.p_value == single.p_value
+    # two different watermarked texts pool to more evidence than either
+    other = _generate(table, KEY, 40, 1)
+    pooled = replay_pooled(wm, [(_logits(table, ids), ids, T), (_logits(table, other), other, T)])
+    assert pooled.p_value < single.p_value
+    with pytest.raises(ReplayError, match="no texts"):
+        replay_pooled(wm, [])

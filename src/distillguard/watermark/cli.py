@@ -67,6 +67,9 @@ def detect(
         help="Also skip positions whose actual token had probability above this (with --scoring-model).")] = DEFAULT_MAX_TOKEN_PROB,
     temperature: Annotated[float, typer.Option(
         help="Sampling temperature the text was served at (with --scoring-model; events use their own).")] = 1.0,
+    replay: Annotated[bool, typer.Option(
+        "--replay", help="Gumbel scheme: redo the keyed choice with --scoring-model at each position and test the "
+                         "matches (exact; far more power when the model, prompt and temperature are the served ones).")] = False,
 ) -> None:
     """Test a text (or every response of an events export) for the watermark; exact p-values."""
     from distillguard.watermark.detect import DetectionInputError, Detector
@@ -92,6 +95,13 @@ def detect(
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     gate = _gate(scoring_model, min_entropy, max_token_prob, temperature, det.tokenizer) if scoring_model else None
+    if replay:
+        if gate is None:
+            raise _fail("--replay needs --scoring-model (the model that served the text, or 'served')")
+        if params.scheme != "gumbel":
+            raise _fail(f"--replay is for the 'gumbel' scheme; the configured watermark is {params.scheme!r}")
+        _print(_replay_detect(det, gate.model, raw, ids, events, temperature, fpr), as_json)
+        return
 
     def masks(items: list[tuple[Any, list[int], float | None]]) -> list[Any] | None:
         """Eligibility masks (prompt, answer ids, temperature) when entropy-aware, else None."""
@@ -134,6 +144,70 @@ def detect(
     except DetectionInputError as exc:
         raise _fail(str(exc)) from None
     _print(result, as_json)
+
+
+def _replay_items(det: Any, raw: str, ids: bool, events: bool, temperature: float) -> list[tuple[Any, list[int], float]]:
+    """(prompt or None, answer ids, temperature) for each text to replay."""
+    if ids:
+        try:
+            token_ids = json.loads(raw)
+            assert isinstance(token_ids, list) and all(isinstance(x, int) for x in token_ids)
+        except (json.JSONDecodeError, AssertionError):
+            raise _fail("--ids expects a JSON list of integers, e.g. [12, 345, 6]") from None
+        items: list[tuple[Any, list[int], float]] = [(None, det.check_ids(token_ids), temperature)]
+    elif not events:
+        items = [(None, det.encode(raw), temperature)]
+    else:
+        from distillguard.events import read_events
+
+        evs = [ev for ev in read_events(jsonl.lines(raw)) if ev.response and ev.response.text]
+        if not evs:
+            raise _fail("no events with a response text in the input")
+        items = [(ev.messages() or ev.request.get("prompt"), det.encode(ev.response.text),
+                  float(ev.request.get("temperature") or temperature)) for ev in evs]
+    return items
+
+
+def _replay_detect(det: Any, model: Any, raw: str, ids: bool, events: bool, temperature: float, fpr: float) -> dict[str, Any]:
+    """``watermark detect --replay``: per-text and pooled replay tests, Bonferroni over the keys."""
+    from distillguard.watermark.detect import DetectionInputError
+    from distillguard.watermark.replay import ReplayError, replay_pooled
+
+    try:
+        items = _replay_items(det, raw, ids, events, temperature)
+    except DetectionInputError as exc:
+        raise _fail(str(exc)) from None
+    h = det.params.context_width
+    if all(len(a) <= h for _, a, _ in items):
+        raise _fail(f"text too short: the watermark's context width is {h}, so at least {h + 1} tokens are needed")
+    try:
+        indexed = [(i, (model.answer_logits(model.prompt_ids(prompt), a), a, t))
+                   for i, (prompt, a, t) in enumerate(items) if len(a) > h]
+    except ValueError as exc:  # ScoringModelError
+        raise _fail(str(exc)) from None
+    texts = [x for _, x in indexed]
+
+    def test(group: list[tuple[Any, list[int], float]]) -> dict[str, Any]:
+        best = None
+        for key_id, wm in det.marks:
+            r = replay_pooled(wm, group)
+            if best is None or r.p_value < best[1].p_value:
+                best = (key_id, r)
+        assert best is not None
+        key_id, r = best
+        p = min(1.0, r.p_value * len(det.marks))
+        return {"detector": "replay", "tokens": sum(len(a) for _, a, _ in group), "tokens_scored": r.positions,
+                "matches": r.matches, "match_rate": r.match_rate, "score": r.score, "p_value": p,
+                "p_value_uncorrected": r.p_value, "fpr": fpr, "verdict": "watermarked" if p <= fpr else "not_detected",
+                "key_id": key_id if r.positions else None, "keys_tried": len(det.marks),
+                "scheme": det.params.describe(), "texts": len(group), "temperature": sorted({t for _, _, t in group})}
+
+    try:
+        if not events:
+            return test(texts)
+        return {"pooled": test(texts), "texts": [{"index": i, **test([x])} for i, x in indexed]}
+    except ReplayError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _gate(path: str, min_entropy: float, max_token_prob: float | None, temperature: float, tokenizer: Any):

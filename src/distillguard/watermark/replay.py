@@ -63,39 +63,34 @@ class ReplayResult:
         return self.matches / self.positions if self.positions else 0.0
 
 
-def replay(
-    wm: Watermark,
-    logits: np.ndarray,
-    answer_ids: Sequence[int],
-    temperature: float,
-    top_p: float = 1.0,
-    eligible: Sequence[bool] | None = None,
-    resolution: float = RESOLUTION,
-    mismatch_rate: float = MISMATCH_RATE,
-) -> ReplayResult:
-    """Replay test of one answer.
-
-    ``logits``: [len(answer_ids), V], row t the detector's logits for answer position t (from
-    the prompt and answer[:t]; ``entropy.ScoringModel.answer_logits``). Positions before the
-    first full window inside the answer are not scored. ``eligible`` optionally restricts the
-    positions further (any rule that does not look at the key keeps the test exact).
-    """
+def _check(wm: Watermark, temperature: float, mismatch_rate: float) -> None:
     if wm.params.scheme != "gumbel":
         raise ReplayError(f"replay detection is for the 'gumbel' scheme; this watermark is {wm.params.scheme!r}")
     if not 0.0 < mismatch_rate < 1.0:
         raise ReplayError(f"mismatch_rate must be in (0, 1), got {mismatch_rate}")
     if temperature <= 0:
         raise ReplayError("replay needs the sampling temperature (> 0): greedy answers carry no watermark")
-    ids = [int(x) for x in answer_ids]
+
+
+@dataclass
+class _Term:
+    pos: int  # answer position
+    step: int  # match value minus mismatch value, grid units (> 0)
+    miss: int  # mismatch value, grid units
+    q: float  # the detector's probability of the text's token: P(match) under H0
+    matched: bool
+
+
+def _terms(
+    wm: Watermark, logits: np.ndarray, ids: list[int], temperature: float, top_p: float,
+    eligible: Sequence[bool] | None, resolution: float, mismatch_rate: float, seen: set[tuple[int, ...]],
+) -> list[_Term]:
+    """The scored positions of one text; ``seen`` holds windows already used (shared when pooling)."""
     if logits.shape[0] != len(ids):
         raise ReplayError(f"{logits.shape[0]} logit rows for {len(ids)} answer tokens")
     h = wm.params.context_width
     vocab = logits.shape[-1]
-    seen: set[tuple[int, ...]] = set()
-    weights: list[tuple[int, int]] = []  # (match, mismatch) terms of the statistic, grid units
-    probs: list[float] = []
-    matched: list[bool] = []
-    at: list[int] = []  # answer position of each scored entry
+    out: list[_Term] = []
     for t in range(h, len(ids)):
         window = tuple(ids[t - h : t])
         if window in seen:
@@ -117,33 +112,89 @@ def replay(
         miss = int(round((np.log(mismatch_rate) - np.log1p(-qx)) / resolution))
         if hit <= miss:
             continue  # a match would not count as more evidence than a mismatch: uninformative
-        weights.append((hit, miss))
-        probs.append(qx)
-        matched.append(choice == ids[t])
-        at.append(t)
+        out.append(_Term(t, hit - miss, miss, qx, choice == ids[t]))
+    return out
 
-    # exact null by dynamic programming over the integer statistic. Shift every term by its
-    # mismatch value: term = miss + (hit - miss) * match, so S - sum(miss) is a sum of
-    # nonnegative steps (hit - miss) taken with probability q: dist[s] = P(shifted S = s).
-    steps = [h_ - m_ for h_, m_ in weights]
-    dist = np.zeros(sum(steps) + 1)
+
+def _tails(terms: list[_Term]) -> list[float]:
+    """Exact P(S >= observed) under H0 after each term, by dynamic programming.
+
+    Each term is miss + step * match, so S - sum(miss) is a sum of nonnegative integer steps,
+    each taken with probability q: dist[s] = P(shifted S = s).
+    """
+    dist = np.zeros(sum(t.step for t in terms) + 1)
     dist[0] = 1.0
-    top = 0
-    s_obs = 0  # the shifted observed statistic
-    prefix = np.ones(len(ids))
-    last_p = 1.0
+    top = s_obs = 0
+    out = []
+    for term in terms:
+        new = np.zeros(top + term.step + 1)
+        new[: top + 1] += (1.0 - term.q) * dist[: top + 1]
+        new[term.step :] += term.q * dist[: top + 1]
+        top += term.step
+        dist[: top + 1] = new
+        s_obs += term.step if term.matched else 0
+        out.append(float(min(1.0, dist[s_obs : top + 1].sum())))
+    return out
+
+
+def _result(terms: list[_Term], tails: list[float], n_tokens: int, resolution: float) -> ReplayResult:
+    prefix = np.ones(n_tokens)
+    p = 1.0
     j = 0
-    for t in range(len(ids)):
-        while j < len(at) and at[j] == t:
-            k, q = steps[j], probs[j]
-            new = np.zeros(top + k + 1)
-            new[: top + 1] += (1.0 - q) * dist[: top + 1]
-            new[k:] += q * dist[: top + 1]
-            top += k
-            dist[: top + 1] = new
-            s_obs += k if matched[j] else 0
-            last_p = float(min(1.0, dist[s_obs : top + 1].sum()))
+    for t in range(n_tokens):
+        while j < len(terms) and terms[j].pos == t:
+            p = tails[j]
             j += 1
-        prefix[t] = last_p
-    score = (s_obs + sum(m_ for _, m_ in weights)) * resolution
-    return ReplayResult(len(at), int(sum(matched)), score, last_p, prefix)
+        prefix[t] = p
+    score = sum(t.miss + (t.step if t.matched else 0) for t in terms) * resolution
+    return ReplayResult(len(terms), sum(t.matched for t in terms), score, tails[-1] if tails else 1.0, prefix)
+
+
+def replay(
+    wm: Watermark,
+    logits: np.ndarray,
+    answer_ids: Sequence[int],
+    temperature: float,
+    top_p: float = 1.0,
+    eligible: Sequence[bool] | None = None,
+    resolution: float = RESOLUTION,
+    mismatch_rate: float = MISMATCH_RATE,
+) -> ReplayResult:
+    """Replay test of one answer.
+
+    ``logits``: [len(answer_ids), V], row t the detector's logits for answer position t (from
+    the prompt and answer[:t]; ``entropy.ScoringModel.answer_logits``). Positions before the
+    first full window inside the answer are not scored. ``eligible`` optionally restricts the
+    positions further (any rule that does not look at the key keeps the test exact).
+    """
+    _check(wm, temperature, mismatch_rate)
+    ids = [int(x) for x in answer_ids]
+    terms = _terms(wm, logits, ids, temperature, top_p, eligible, resolution, mismatch_rate, set())
+    return _result(terms, _tails(terms), len(ids), resolution)
+
+
+def replay_pooled(
+    wm: Watermark,
+    texts: Sequence[tuple[np.ndarray, Sequence[int], float]],
+    top_p: float = 1.0,
+    resolution: float = RESOLUTION,
+    mismatch_rate: float = MISMATCH_RATE,
+) -> ReplayResult:
+    """One exact test over many texts, each ``(logits, answer ids, temperature)``.
+
+    A window is scored once across all texts (its uniforms are the same number wherever it
+    occurs). ``prefix_p_values`` of the result runs over the texts' positions end to end.
+    """
+    if not texts:
+        raise ReplayError("no texts to test")
+    seen: set[tuple[int, ...]] = set()
+    terms: list[_Term] = []
+    offset = 0
+    for logits, answer_ids, temperature in texts:
+        _check(wm, temperature, mismatch_rate)
+        ids = [int(x) for x in answer_ids]
+        for term in _terms(wm, logits, ids, temperature, top_p, None, resolution, mismatch_rate, seen):
+            term.pos += offset
+            terms.append(term)
+        offset += len(ids)
+    return _result(terms, _tails(terms), offset, resolution)
