@@ -243,3 +243,25 @@ def test_cli_detect_replay(tiny, tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout)["p_value"] > 1e-3
     r = _cli(["-", "--replay"], "some text here", tmp_path)
     assert r.exit_code != 0 and "--replay needs --scoring-model" in r.stderr
+
+
+def test_answer_logits_agree_with_position_stats(tiny):
+    """Replay reads the same rows the gate reads, windows included."""
+    import torch
+
+    from distillguard.watermark.entropy import next_token_stats
+
+    model = ScoringModel.load(tiny)
+    prompt = model.tokenizer("Question: what is the river by the city?", add_special_tokens=False)["input_ids"]
+    answer = model.tokenizer(" The old river runs by the city at night and the dog sleeps.", add_special_tokens=False)["input_ids"]
+    for max_len in (2048, 8):  # one pass, and overlapping windows
+        model.max_len = max_len
+        rows = model.answer_logits(prompt, answer)
+        ent, prob, top = model.position_stats(prompt, answer, 0.7)
+        e2, p2, t2 = next_token_stats(torch.from_numpy(rows), answer, 0.7)
+        assert rows.shape[0] == len(answer)
+        assert np.allclose(ent, e2, atol=1e-4) and np.allclose(prob, p2, atol=1e-6) and np.allclose(top, t2, atol=1e-6)
+    with torch.inference_mode():
+        full = model.model(input_ids=torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1].numpy()
+    model.max_len = 2048
+    assert np.allclose(model.answer_logits(prompt, answer), full, atol=1e-4)

@@ -112,11 +112,7 @@ def detect(
 
     try:
         if ids:
-            try:
-                token_ids = json.loads(raw)
-                assert isinstance(token_ids, list) and all(isinstance(x, int) for x in token_ids)
-            except (json.JSONDecodeError, AssertionError):
-                raise _fail("--ids expects a JSON list of integers, e.g. [12, 345, 6]") from None
+            token_ids = _parse_ids(raw)
             result = det.detect_ids([token_ids], fpr, masks([(None, token_ids, None)])).to_dict()
         elif not events:
             enc = det.encode(raw)
@@ -146,14 +142,20 @@ def detect(
     _print(result, as_json)
 
 
+def _parse_ids(raw: str) -> list[int]:
+    """The --ids input: a JSON list of integers, or a one-line failure."""
+    try:
+        token_ids = json.loads(raw)
+        assert isinstance(token_ids, list) and all(isinstance(x, int) for x in token_ids)
+    except (json.JSONDecodeError, AssertionError):
+        raise _fail("--ids expects a JSON list of integers, e.g. [12, 345, 6]") from None
+    return token_ids
+
+
 def _replay_items(det: Any, raw: str, ids: bool, events: bool, temperature: float) -> list[tuple[Any, list[int], float]]:
     """(prompt or None, answer ids, temperature) for each text to replay."""
     if ids:
-        try:
-            token_ids = json.loads(raw)
-            assert isinstance(token_ids, list) and all(isinstance(x, int) for x in token_ids)
-        except (json.JSONDecodeError, AssertionError):
-            raise _fail("--ids expects a JSON list of integers, e.g. [12, 345, 6]") from None
+        token_ids = _parse_ids(raw)
         items: list[tuple[Any, list[int], float]] = [(None, det.check_ids(token_ids), temperature)]
     elif not events:
         items = [(None, det.encode(raw), temperature)]

@@ -24,7 +24,7 @@ temperature, with or without the prompt: these change the power, never the false
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,19 +102,19 @@ class ScoringModel:
         """Entropy (nats) of the distribution that produced each answer token, at ``temperature``."""
         return self.position_stats(prompt_ids, answer_ids, temperature)[0]
 
-    def answer_logits(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
-        """[len(answer), V] float32 logits; row i predicts answer[i] from prompt + answer[:i].
+    def _windows(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> Iterator[tuple[np.ndarray, Any, list[int]]]:
+        """(answer positions, their logits rows, the tokens those rows predict), window by window.
 
-        For replay detection (``replay.py``). Without a prompt, row 0 has no context and is zeros.
-        Texts longer than ``max_len`` are read in windows that overlap by half, as in
-        ``position_stats``.
+        Row i predicts answer[i] from prompt + answer[:i]. Texts longer than ``max_len`` are read
+        in windows that overlap by half, so every position keeps at least max_len/2 tokens of
+        context; a later window only fills the positions past the previous one's end. Without a
+        prompt, position 0 has no context and is never yielded.
         """
         import torch
 
         prompt, answer = [int(x) for x in prompt_ids], [int(x) for x in answer_ids]
         ids = prompt + answer
-        start = len(prompt)
-        out: np.ndarray | None = None
+        start = len(prompt)  # index in ids of the first answer token
         step = max(1, self.max_len // 2)
         lo = 0
         with torch.inference_mode():
@@ -122,16 +122,26 @@ class ScoringModel:
                 hi = min(len(ids), lo + self.max_len)
                 if hi - lo >= 2:
                     logits = self.model(input_ids=torch.tensor([ids[lo:hi]], device=self.model.device)).logits[0, :-1]
-                    rows = logits.float().cpu().numpy()
-                    if out is None:
-                        out = np.zeros((len(answer), rows.shape[-1]), dtype=np.float32)
-                    for j in range(rows.shape[0]):
-                        pos = lo + j + 1 - start
-                        if pos >= 0 and (lo == 0 or j >= self.max_len - step - 1):
-                            out[pos] = rows[j]
+                    js = [j for j in range(hi - lo - 1)
+                          if lo + j + 1 - start >= 0 and (lo == 0 or j >= self.max_len - step - 1)]
+                    if js:
+                        pos = np.array([lo + j + 1 - start for j in js])
+                        yield pos, logits[js], [ids[lo + j + 1] for j in js]
                 if hi >= len(ids):
                     break
                 lo += step
+
+    def answer_logits(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+        """[len(answer), V] float32 logits; row i predicts answer[i] from prompt + answer[:i].
+
+        For replay detection (``replay.py``). Without a prompt, row 0 has no context and is zeros.
+        """
+        out: np.ndarray | None = None
+        for pos, logits, _ in self._windows(prompt_ids, answer_ids):
+            rows = logits.float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(answer_ids), rows.shape[-1]), dtype=np.float32)
+            out[pos] = rows
         if out is None:
             raise ScoringModelError("the text is too short to read (fewer than 2 tokens with the prompt)")
         return out
@@ -143,37 +153,15 @@ class ScoringModel:
         position, at ``temperature``.
 
         Position i is predicted from prompt + answer[:i]. Without a prompt, position 0 has no
-        context and gets entropy 0 and probabilities 1 (never eligible). Texts longer than
-        ``max_len`` are read in windows that overlap by half, so every position keeps at least
-        max_len/2 tokens of context.
+        context and gets entropy 0 and probabilities 1 (never eligible). Long texts are read in
+        overlapping windows (``_windows``).
         """
-        import torch
-
         if temperature <= 0:
             raise ScoringModelError(f"temperature must be > 0, got {temperature}")
-        prompt, answer = [int(x) for x in prompt_ids], [int(x) for x in answer_ids]
-        ent = np.zeros(len(answer), dtype=np.float64)
-        prob = np.ones(len(answer), dtype=np.float64)
-        top = np.ones(len(answer), dtype=np.float64)
-        ids = prompt + answer
-        start = len(prompt)  # index in ids of the first answer token
-        step = max(1, self.max_len // 2)
-        lo = 0
-        with torch.inference_mode():
-            while True:
-                hi = min(len(ids), lo + self.max_len)
-                if hi - lo >= 2:
-                    logits = self.model(input_ids=torch.tensor([ids[lo:hi]], device=self.model.device)).logits[0]
-                    # row j predicts ids[lo + j + 1]
-                    e, pr, mx = next_token_stats(logits[:-1], ids[lo + 1 : hi], temperature)
-                    for j in range(len(e)):
-                        pos = lo + j + 1 - start
-                        # a later window only fills the positions past the previous one's end
-                        if pos >= 0 and (lo == 0 or j >= self.max_len - step - 1):
-                            ent[pos], prob[pos], top[pos] = e[j], pr[j], mx[j]
-                if hi >= len(ids):
-                    break
-                lo += step
+        n = len(answer_ids)
+        ent, prob, top = np.zeros(n), np.ones(n), np.ones(n)
+        for pos, logits, nxt in self._windows(prompt_ids, answer_ids):
+            ent[pos], prob[pos], top[pos] = next_token_stats(logits, nxt, temperature)
         return ent, prob, top
 
 
