@@ -25,9 +25,10 @@ from watermark_common import BENCH_SECRET, TUNE_N, chat_prompts, write_result  #
 from watermark_generate import CONFIGS  # noqa: E402
 import watermark_power as wp  # noqa: E402
 
-from distillguard.watermark.detect import prefix_p_values  # noqa: E402
-from distillguard.watermark.entropy import ScoringModel, next_token_stats  # noqa: E402
-from distillguard.watermark.replay import replay  # noqa: E402
+from watermark_replay_power import detect_answer  # noqa: E402
+
+from distillguard.watermark.entropy import ScoringModel  # noqa: E402
+from distillguard.watermark.replay import MISMATCH_RATE  # noqa: E402
 from distillguard.watermark.schemes import Watermark  # noqa: E402
 
 
@@ -56,14 +57,9 @@ def main() -> None:
     t0, c0 = time.time(), time.process_time()
 
     def detect(prompt: str, text: str) -> tuple[dict[str, np.ndarray], float]:
-        chat = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-        p_ids = tok(chat, add_special_tokens=False)["input_ids"]
-        ans = tok(text, add_special_tokens=False)["input_ids"][:H]
-        logits = scorer.answer_logits(p_ids, ans)
-        _, prob, _ = next_token_stats(torch.from_numpy(logits), ans, T)
-        r = replay(wm, logits, ans, T)
-        return {"plain": prefix_p_values(wm, ans), "gated": prefix_p_values(wm, ans, prob <= 0.5),
-                "replay": r.prefix_p_values}, r.match_rate
+        pv, rate, _ = detect_answer(scorer, wm, prompt, text, T, H, [MISMATCH_RATE])
+        pv["replay"] = pv.pop(f"replay@{MISMATCH_RATE:g}")
+        return pv, rate
 
     detectors = ["plain", "gated", "replay"]
     steps = {k: [] for k in detectors}
@@ -95,7 +91,7 @@ def main() -> None:
         "setup": {"engine": "distillguard LlamaCppEngine (llama-cpp-python, the packaged SmolLM2 Q4_1 GGUF), "
                             f"{a.threads} thread(s)", "detection_model": scorer.name, "config": a.config,
                   "scheme": CONFIGS[a.config].describe(), "prompts": len(prompts), "temperature": T,
-                  "horizon_tokens": H, "threshold": wp.THRESH, "mismatch_rate": 0.05,
+                  "horizon_tokens": H, "threshold": wp.THRESH, "mismatch_rate": MISMATCH_RATE,
                   "note": "never = p >= 1e-5 after min(answer length, 200) tokens; answers that end early count as never"},
         "real": {k: wp.summarise(steps[k], [], None, lengths=lengths) for k in detectors},
         "null": {k: wp.null_summary(v) for k, v in null.items()},

@@ -43,6 +43,35 @@ from distillguard.watermark.replay import replay  # noqa: E402
 from distillguard.watermark.schemes import Watermark  # noqa: E402
 
 
+def detect_answer(
+    scorer: ScoringModel, wm: Watermark, prompt: str, text: str, temperature: float, horizon: int,
+    mismatch_rates: list[float], no_prompt: bool = False,
+) -> tuple[dict[str, np.ndarray], float, int]:
+    """Prefix p-values of one re-tokenised answer under each detector, the replay match rate
+    (at the last mismatch rate) and the tokens read.
+
+    Detectors: ``plain``, ``gated`` (token probability <= 0.5 at the temperature, with the chat
+    prompt), ``replay@eps`` per mismatch rate, and with ``no_prompt`` ``replay_no_prompt@eps``.
+    """
+    import torch
+
+    tok = scorer.tokenizer
+    chat = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    p_ids = tok(chat, add_special_tokens=False)["input_ids"]
+    ans = tok(text, add_special_tokens=False)["input_ids"][:horizon]
+    logits = scorer.answer_logits(p_ids, ans)
+    _, prob, _ = next_token_stats(torch.from_numpy(logits), ans, temperature)
+    out = {"plain": prefix_p_values(wm, ans), "gated": prefix_p_values(wm, ans, prob <= 0.5)}
+    bare = scorer.answer_logits([], ans) if no_prompt else None
+    rate = 0.0
+    for e in mismatch_rates:
+        r = replay(wm, logits, ans, temperature, mismatch_rate=e)
+        out[f"replay@{e:g}"], rate = r.prefix_p_values, r.match_rate
+        if bare is not None:
+            out[f"replay_no_prompt@{e:g}"] = replay(wm, bare, ans, temperature, mismatch_rate=e).prefix_p_values
+    return out, rate, len(ans)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="wm_chat_hf.jsonl")
@@ -84,19 +113,7 @@ def main() -> None:
     t0, c0 = time.time(), time.process_time()
 
     def detect(prompt: str, text: str, with_no_prompt: bool) -> tuple[dict[str, np.ndarray], float, int]:
-        chat = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-        p_ids = tok(chat, add_special_tokens=False)["input_ids"]
-        ans = tok(text, add_special_tokens=False)["input_ids"][:H]
-        logits = scorer.answer_logits(p_ids, ans)
-        _, prob, _ = next_token_stats(torch.from_numpy(logits), ans, T)
-        out = {"plain": prefix_p_values(wm, ans), "gated": prefix_p_values(wm, ans, prob <= 0.5)}
-        bare = scorer.answer_logits([], ans) if with_no_prompt else None
-        for e in eps_list:
-            r = replay(wm, logits, ans, T, mismatch_rate=e)
-            out[f"replay@{e:g}"] = r.prefix_p_values
-            if bare is not None:
-                out[f"replay_no_prompt@{e:g}"] = replay(wm, bare, ans, T, mismatch_rate=e).prefix_p_values
-        return out, r.match_rate, len(ans)
+        return detect_answer(scorer, wm, prompt, text, T, H, eps_list, with_no_prompt)
 
     for i in track(idxs, description="detecting"):
         d = by_idx[i]
