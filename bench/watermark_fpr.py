@@ -34,6 +34,7 @@ SCHEMES = {
     "gumbel_h1": SchemeParams(scheme="gumbel", context_width=1),
     "gumbel_h2": SchemeParams(scheme="gumbel", context_width=2),
     "gumbel_h1_skip": SchemeParams(scheme="gumbel", context_width=1, skip_repeated=True),
+    "gumbel_h1_reseed": SchemeParams(scheme="gumbel", context_width=1, skip_repeated=True, reseed_repeated=True),
 }
 
 
@@ -72,24 +73,21 @@ def test_windows(params: SchemeParams, wins: list[list[int]], dedup: bool = True
     out = np.empty(len(wins))
     for j, w in enumerate(wins):
         seen: set[tuple] = set()
-        windows_seen: set[tuple] = set()
         n, s = 0, 0.0
-        for i in range(h, len(w)):
-            tup = tuple(w[i - h : i + 1])
-            if params.skip_repeated and dedup:  # only each window's first occurrence, as detect.py
-                if tup[:-1] in windows_seen:
-                    continue
-                windows_seen.add(tup[:-1])
-            if masks is not None and not masks[j][i]:
+        # the draw behind each position, as detect.py reads it (skip/reseed repeated windows);
+        # without dedup every (window, token) counts, repeats included
+        ctxs = wm.seed_contexts(w) if dedup else [tuple(w[i - h : i]) if i >= h else None for i in range(len(w))]
+        for i, ctx in enumerate(ctxs):
+            if ctx is None or (masks is not None and not masks[j][i]):
                 continue
-            key = wm.dedup_key(tup[:-1], tup[-1])
+            key = wm.dedup_key(ctx, w[i])
             if dedup:
                 if key in seen:
                     continue
                 seen.add(key)
             v = memo.get(key)
             if v is None:
-                v = memo[key] = wm.token_score(tup[:-1], tup[-1])
+                v = memo[key] = wm.token_score(ctx, w[i])
             n += 1
             s += v
         out[j] = p_value(params, n, s)

@@ -23,6 +23,7 @@ CONFIGS: dict[str, SchemeParams | None] = {
     "none": None,
     "gumbel1": SchemeParams(scheme="gumbel", context_width=1),
     "gumbel1_skip": SchemeParams(scheme="gumbel", context_width=1, skip_repeated=True),
+    "gumbel1_reseed": SchemeParams(scheme="gumbel", context_width=1, skip_repeated=True, reseed_repeated=True),
     "gumbel2": SchemeParams(scheme="gumbel", context_width=2),
     "kgw_anchor": SchemeParams(scheme="kgw", gamma=0.25, delta=2.0, context_width=1),
     "kgw_sweet": SchemeParams(scheme="kgw", gamma=0.25, delta=3.0, context_width=1, entropy_threshold=0.8),

@@ -83,7 +83,7 @@ from watermark_generate import CONFIGS  # noqa: E402
 
 from distillguard.watermark.audit import (  # noqa: E402
     Example, TupleSet, _conclude, _encode_example, _ngrams, audit_answers, check_contexts, check_tokenizer,
-    read_predictions, reading_tuples,
+    audit_shift, read_predictions, reading_tuples,
 )
 from distillguard.watermark.entropy import ReadingGate, ScoringModel  # noqa: E402
 from distillguard.watermark.keys import KeyRing  # noqa: E402
@@ -185,14 +185,17 @@ def answer_loss(model, tok, pairs: list[tuple[str, list[int], bool]], device: st
 
 
 def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr: float, batch: int, device: str,
-        *, shuffle: bool = True, checkpoints: list[int] | None = None, on_checkpoint=None):
+        *, shuffle: bool = True, checkpoints: list[int] | None = None, on_checkpoint=None, precision: str = "fp32"):
     """Plain SFT (loss on the answer tokens only); returns (model, tokenizer, stats).
 
     ``shuffle``: reshuffle the examples every epoch (seed 0); otherwise they are seen in the given
     order. ``on_checkpoint(model, tok, n, stats)`` is called after exactly n examples for each n in
     ``checkpoints`` (multiples of ``batch``), with the model in eval mode; the time it takes is not
-    counted as training time.
+    counted as training time. ``precision`` "bf16": bfloat16 autocast forward passes with float32
+    weights and AdamW (the distillation pipeline's mixed precision; 1.8x on this CPU).
     """
+    import contextlib
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -223,11 +226,14 @@ def sft(student: Path, pairs: list[tuple[str, list[int], bool]], epochs: int, lr
         return {"examples": len(examples), "examples_seen": seen, "epochs": epochs, "lr": lr, "batch": batch,
                 "shuffle": shuffle, "steps": steps, "tokens": tokens, "answer_tokens": answer_tokens,
                 "final_loss": loss.item(), "wall_s": train_wall, "cpu_s": train_cpu,
-                "tokens_per_s_wall": tokens / max(train_wall, 1e-9), "device": device}
+                "tokens_per_s_wall": tokens / max(train_wall, 1e-9), "device": device, "precision": precision}
 
     for b in range(0, len(order), batch):
         ids, labels, attn = batch_tensors([examples[i] for i in order[b : b + batch]], tok.pad_token_id or 0)
-        loss = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device)).loss
+        amp = (torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16"
+               else contextlib.nullcontext())
+        with amp:
+            loss = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device)).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -338,6 +344,10 @@ def main() -> None:
     ap.add_argument("--reading-gate", action="store_true",
                     help="also the reading audit gated on the teacher's top probability <= 0.5 (entropy.ReadingGate)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="student training precision")
+    ap.add_argument("--shift-audit", action="store_true",
+                    help="also the shift audit (audit.audit_shift: the suspect's whole distribution against the "
+                         "teacher's, Chernoff p-value) on the same contexts")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the shared machine: 2 at most)")
     ap.add_argument("--keep-every", type=int, default=2,
                     help="student: keep every k-th decoder layer (2: 15 of 30, the earlier runs' student)")
@@ -446,6 +456,12 @@ def main() -> None:
             out["open_weights_gated"] = {"p_value": ow_g.p_value, "tuples_scored": ow_g.tuples_scored,
                                          "control": ow_g.control, "gate": reading_gate.describe()}
             print(f"{label}: gated open-weights p = {ow_g.p_value:.3g} ({ow_g.tuples_scored} tuples)", flush=True)
+        if a.shift_audit and model is not base_model:  # the base model IS the reference: its shift is zero
+            t_w, t_c = time.time(), cpu_clock()
+            sh = audit_shift(model, base_model, tok, ctx, params, ring, label, control_keys=5, progress=False)
+            out["open_weights_shift"] = sh.to_dict() | {"reference": "the teacher (SmolLM2, float32)",
+                                                        "wall_s": time.time() - t_w, "cpu_s": cpu_clock() - t_c}
+            print(f"{label}: shift audit p <= {sh.p_value:.3g} ({sh.tuples_scored} (window, token) shifts)", flush=True)
         if read_watermarked:  # the biased design of sessions 3-4, kept to show the bias
             t_w = time.time()
             biased = reading_audits(model, tok, wm_ex, wm_ex, params, ring, label, ref_tok, 5, False)[0]
@@ -554,7 +570,7 @@ def main() -> None:
                 record(f"watermarked_n{n}", a.wm_config, n, st, model, tok)
 
             model, tok, _ = sft(init, pairs_of(a.wm_config, max(ns)), 1, a.lr, a.batch, a.device, shuffle=False,
-                                checkpoints=ns, on_checkpoint=wm_checkpoint)
+                                checkpoints=ns, on_checkpoint=wm_checkpoint, precision=a.precision)
             if a.save_students:
                 model.save_pretrained(work / "student_watermarked"), tok.save_pretrained(work / "student_watermarked")
             del model
@@ -569,7 +585,7 @@ def main() -> None:
             t_w, t_c = time.time(), cpu_clock()
             if cn > 0:
                 model, tok, _ = sft(init, pairs_of("none", cn), 1, a.lr, a.batch, a.device, shuffle=False,
-                                    checkpoints=ctrl_points, on_checkpoint=ctrl_checkpoint)
+                                    checkpoints=ctrl_points, on_checkpoint=ctrl_checkpoint, precision=a.precision)
                 if a.save_students:
                     model.save_pretrained(work / "student_control"), tok.save_pretrained(work / "student_control")
                 del model
@@ -597,7 +613,7 @@ def main() -> None:
     else:
         runs = [(f"watermarked_n{n}", a.wm_config, n) for n in ns] + [(f"control_n{a.control_n}", "none", a.control_n)]
         for label, cfg, n in runs:
-            model, tok, train = sft(init, pairs_of(cfg, n), a.epochs, a.lr, a.batch, a.device)
+            model, tok, train = sft(init, pairs_of(cfg, n), a.epochs, a.lr, a.batch, a.device, precision=a.precision)
             record(label, cfg, n, train, model, tok)
             del model
     result["students_stage"] = {"wall_s": time.time() - t_stage[0], "cpu_s": time.process_time() - t_stage[1],
@@ -607,6 +623,11 @@ def main() -> None:
     pc = ctrl["open_weights"]["p_value"] if ctrl else None
     result["goals"] = {f"open_weights_p_at_n{max(ns)}<=1e-6": None if p_max is None else p_max <= 1e-6,
                        f"control_n{a.control_n}_open_weights_p>0.01": None if pc is None else pc > 0.01}
+    if a.shift_audit:
+        sh = result["students"].get(f"watermarked_n{max(ns)}", {}).get("open_weights_shift", {}).get("p_value")
+        shc = (ctrl or {}).get("open_weights_shift", {}).get("p_value")
+        result["goals"] |= {f"open_weights_shift_p_at_n{max(ns)}<=1e-6": None if sh is None else sh <= 1e-6,
+                            f"control_n{a.control_n}_shift_p>0.01": None if shc is None else shc > 0.01}
     if not a.no_base and "base_model_never_trained" not in result:
         save_partial("the base-model audit is still running")  # the students' numbers are complete
         base_audit()

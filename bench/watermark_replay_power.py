@@ -1,6 +1,6 @@
 """Replay detection vs the classic Gumbel score, on the same SmolLM2 chat answers, one run.
 
-Reads the answers bench/watermark_batchgen.py cached (``none`` and ``gumbel1_skip``, T 0.7,
+Reads the answers bench/watermark_batchgen.py cached (``none`` and ``--config``, T 0.7,
 <= 200 tokens, report split of the chat prompts) and detects each re-tokenised answer with:
 
 * ``plain``: the classic score (``-log(1 - u)`` summed, Gamma tail), no model;
@@ -9,6 +9,8 @@ Reads the answers bench/watermark_batchgen.py cached (``none`` and ``gumbel1_ski
 * ``replay``: redo the keyed Gumbel-max choice with the model (``watermark/replay.py``) and test
   the weighted matches (exact Poisson-binomial-type tail); with the chat prompt, as the gateway's
   exchange log has it;
+* ``replay_answer_windows``: replay without scoring the answer's first position (its window is the
+  prompt's last token): what replay did before ``prompt_ids``;
 * ``replay_no_prompt``: the same without the prompt (a bare text): weaker, still exact.
 
 Reports, per detector, the median tokens to exact p < 1e-5, the share never within 200 tokens
@@ -21,6 +23,8 @@ below is the gumbel answers' vs the unwatermarked answers' (recorded at generati
     .venv/bin/python bench/watermark_replay_power.py --split tune --mismatch-rates 0.02,0.05,0.1,0.2 \
         --name watermark_replay_power_tune
     .venv/bin/python bench/watermark_replay_power.py      # report split, the chosen eps
+    # each repeat of a window reseeded (session 7): generate gumbel1_reseed too, then
+    .venv/bin/python bench/watermark_replay_power.py --config gumbel1_reseed --name watermark_replay_power_reseed
 """
 
 from __future__ import annotations
@@ -65,8 +69,10 @@ def detect_answer(
     bare = scorer.answer_logits([], ans) if no_prompt else None
     rate = 0.0
     for e in mismatch_rates:
-        r = replay(wm, logits, ans, temperature, mismatch_rate=e)
+        r = replay(wm, logits, ans, temperature, mismatch_rate=e, prompt_ids=p_ids)
         out[f"replay@{e:g}"], rate = r.prefix_p_values, r.match_rate
+        # ablation: the answer's own windows only (the first position, keyed by the prompt's end, unscored)
+        out[f"replay_answer_windows@{e:g}"] = replay(wm, logits, ans, temperature, mismatch_rate=e).prefix_p_values
         if bare is not None:
             out[f"replay_no_prompt@{e:g}"] = replay(wm, bare, ans, temperature, mismatch_rate=e).prefix_p_values
     return out, rate, len(ans)
@@ -104,7 +110,8 @@ def main() -> None:
     scorer = ScoringModel(model, tok, name="SmolLM2-135M-Instruct (the served GGUF, dequantised)")
     wm = Watermark(CONFIGS[a.config], BENCH_SECRET)
     eps_list = [float(x) for x in a.mismatch_rates.split(",") if x]
-    replays = [f"replay@{e:g}" for e in eps_list] + [f"replay_no_prompt@{e:g}" for e in eps_list]
+    replays = ([f"replay@{e:g}" for e in eps_list] + [f"replay_answer_windows@{e:g}" for e in eps_list]
+               + [f"replay_no_prompt@{e:g}" for e in eps_list])
     detectors = ["plain", "gated", *replays]
     steps = {k: [] for k in detectors}
     null = {k: [] for k in detectors}
@@ -145,7 +152,9 @@ def main() -> None:
                   "detectors": {"plain": "sum of -log(1-u) over distinct tuples, Gamma tail",
                                 "gated": "plain, only positions whose token had probability <= 0.5 at T (with prompt)",
                                 "replay@eps": "keyed Gumbel-max choice redone with the model and the chat prompt; "
-                                              "log-likelihood ratio with mismatch rate eps, exact tail (watermark/replay.py)",
+                                              "log-likelihood ratio with mismatch rate eps, exact tail (watermark/replay.py); "
+                                              "the answer's first position is keyed by the prompt's last token",
+                                "replay_answer_windows@eps": "replay, scoring only windows inside the answer (session 6's replay)",
                                 "replay_no_prompt@eps": "replay from the answer text alone"},
                   "note": "never = p >= 1e-5 after min(answer length, 200) tokens; answers that end early count as never"},
         "real": real,

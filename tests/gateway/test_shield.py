@@ -51,6 +51,31 @@ def test_served_text_carries_the_watermark(shielded: Any) -> None:
     assert httpx.post(f"{url}/admin/watermark/detect", json={"txt": 1}, headers=ADMIN).status_code == 400
 
 
+def test_admin_replay_detection(shielded: Any, tiny_engine: Any) -> None:
+    """/admin/watermark/detect with "replay": the served model redoes the keyed choices from the
+    prompt and temperature in the exchange log; bad bodies get OpenAI-style 400s."""
+    url, store, shield = shielded
+    shield.watermark.config.replay_model = str(tiny_engine.model_path)  # the model this gateway serves
+    _, secret = store.create_key("replay-acct", "standard")
+    msgs = [{"role": "user", "content": "Name three rivers."}]
+    r = _client(url, secret).chat.completions.create(model="smollm2", messages=msgs, max_tokens=24, temperature=0.9)
+    text = r.choices[0].message.content
+    body = {"text": text, "replay": True, "messages": msgs, "temperature": 0.9}
+    found = httpx.post(f"{url}/admin/watermark/detect", json=body, headers=ADMIN).json()
+    assert found["detector"] == "replay" and found["verdict"] == "watermarked", found
+    # random weights: each choice is spread over ~49k tokens, so a handful of matches is overwhelming
+    assert found["p_value"] < 1e-20 and found["match_rate"] > 0.8, found
+    classic = httpx.post(f"{url}/admin/watermark/detect", json={"text": text}, headers=ADMIN).json()
+    assert found["p_value"] < classic["p_value"]
+    other = "A plain sentence written by a person, about rivers, hills, bread and the weather in spring."
+    assert httpx.post(f"{url}/admin/watermark/detect", json={**body, "text": other}, headers=ADMIN).json()["p_value"] > 1e-3
+    bad = httpx.post(f"{url}/admin/watermark/detect", json={"text": text, "replay": True}, headers=ADMIN)
+    assert bad.status_code == 400 and "temperature" in bad.json()["error"]["message"]
+    bad = httpx.post(f"{url}/admin/watermark/detect", json={**body, "messages": [1]}, headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+    assert httpx.post(f"{url}/admin/watermark/detect", json={**body, "fpr": 2}, headers=ADMIN).status_code == 400
+
+
 def test_detection_worker_sees_traffic_and_admin_shows_it(shielded: Any) -> None:
     url, store, _ = shielded
     _, secret = store.create_key("busy", "standard")

@@ -200,6 +200,9 @@ def _mount_shield_admin(app: FastAPI, settings: Settings, shield: Shield) -> Non
 
     @extra.post("/watermark/detect")
     async def watermark_detect(request: Request) -> Response:
+        """Body: {"text", "fpr"?} (model-free, exact) or, for the Gumbel scheme, {"text", "replay": true,
+        "temperature", "messages" or "prompt"?}: redo the keyed choice with the served model (far more power
+        when the prompt and temperature are the served ones; see watermark/replay.py)."""
         wm = shield.watermark
         if wm is None or wm.keys is None:
             raise APIError(404, "No watermark key is configured (watermark.key_file or its key_env).", code="watermark_disabled")
@@ -211,10 +214,32 @@ def _mount_shield_admin(app: FastAPI, settings: Settings, shield: Shield) -> Non
             raise APIError(400, 'The body must be JSON like {"text": "...", "fpr": 1e-5}.', param="text") from None
         if not isinstance(text, str):
             raise APIError(400, "'text' must be a string.", param="text")
-        result = await run_in_threadpool(wm.detect_text, text, fpr)
+        if fpr is not None and not (isinstance(fpr, (int, float)) and 0 < fpr < 1):
+            raise APIError(400, "'fpr' must be a number in (0, 1).", param="fpr")
+        if body.get("replay"):
+            result = await _replay(wm, body, text, fpr)
+        else:
+            result = await run_in_threadpool(wm.detect_text, text, fpr)
         if "error" in result:  # too short, another tokenizer...: the message says what to fix
             raise APIError(400, str(result["error"]), param="text")
         return Response(orjson.dumps(result), media_type="application/json")
+
+    async def _replay(wm: Any, body: dict[str, Any], text: str, fpr: float | None) -> dict[str, Any]:
+        from distillguard.watermark.processors import ReplayUnavailable
+
+        temperature = body.get("temperature")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise APIError(400, "replay needs 'temperature': the sampling temperature the text was served at (> 0).",
+                           param="temperature")
+        prompt = body.get("messages", body.get("prompt"))
+        if prompt is not None and not (isinstance(prompt, str) or (
+                isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt))):
+            raise APIError(400, "'messages' must be a list of {\"role\", \"content\"} objects ('prompt': a string).",
+                           param="messages")
+        try:
+            return await run_in_threadpool(wm.detect_replay, text, prompt, float(temperature), fpr)
+        except ReplayUnavailable as exc:
+            raise APIError(404, str(exc), code="replay_unavailable") from None
 
     app.include_router(extra)
 

@@ -473,3 +473,165 @@ def uniformity(p_values: Sequence[float]) -> float:
     from scipy import stats
 
     return float(stats.kstest(np.asarray(p_values), "uniform").pvalue)
+
+
+# -- open weights, whole distributions: the shift audit ----------------------------------------
+#
+# Reading mode above looks at one token per position (the suspect's top-1). A student trained on
+# watermarked text has its whole next-token distribution tilted towards the tokens with high keyed
+# draws after each window, and a top-1 prediction moves only where that tilt flips the argmax. The
+# shift audit uses the tilt itself. For every answer position of the contexts it takes the
+# suspect's probabilities p_S and a reference model's p_R (the watermarking model: it never learned
+# from its own keyed choices) and sums, per (window, token), the shift D = p_S - p_R over all
+# positions with that window (over the top-k tokens of either model). The statistic is
+#     S = sum over (window, token) of D * g(u(window, token)),  g(u) = -log(1 - u) - 1 (Gumbel)
+#                                                                 g(u) = 1[u < gamma] - gamma (KGW)
+# Under H0 (the suspect never saw our key) D is a function of the contexts and the two models
+# only, and distinct (window, token) draws are independent with mean-zero g, so S is a weighted sum
+# of independent centred variables with known weights. Its p-value is the Chernoff bound
+# min over theta of E[exp(theta S)] exp(-theta s): a valid, conservative p-value (never below the
+# exact tail), computed in closed form per term. Aggregating positions by (window, token) before
+# weighting is what keeps shared draws from being counted as independent evidence.
+
+
+@dataclass
+class ShiftSet:
+    """Summed probability shift (suspect - reference) per (window..., token), gathered once."""
+
+    h: int
+    weights: dict[tuple[int, ...], float] = field(default_factory=dict)
+    positions: int = 0
+
+    def add(self, window: tuple[int, ...], tokens: np.ndarray, shift: np.ndarray) -> None:
+        w = self.weights
+        for t, d in zip(tokens.tolist(), shift.tolist()):
+            key = (*window, t)
+            w[key] = w.get(key, 0.0) + d
+        self.positions += 1
+
+    def score(self, params: SchemeParams, secret: bytes) -> ScoredSet:
+        """Statistic and Chernoff p-value under one key (first-occurrence draws: the window itself)."""
+        wm = Watermark(params, secret, cache_size=1)
+        by_window: dict[tuple[int, ...], list[tuple[int, float]]] = {}
+        for key, d in self.weights.items():
+            by_window.setdefault(key[:-1], []).append((key[-1], d))
+        ds, gs = [], []
+        for window, items in by_window.items():
+            toks = np.array([t for t, _ in items], dtype=np.int64)
+            u = wm.uniform_row(window, int(toks.max()) + 1)[toks]
+            ds.append(np.array([d for _, d in items]))
+            gs.append(_centred(params, u))
+        d = np.concatenate(ds) if ds else np.zeros(0)
+        g = np.concatenate(gs) if gs else np.zeros(0)
+        s = float(d @ g)
+        return ScoredSet(len(d), s, chernoff_p_value(params, d, s))
+
+
+def _centred(params: SchemeParams, u: np.ndarray) -> np.ndarray:
+    if params.scheme == "kgw":
+        return (u < params.gamma).astype(np.float64) - params.gamma
+    return -np.log1p(-u) - 1.0
+
+
+def chernoff_p_value(params: SchemeParams, d: np.ndarray, s: float) -> float:
+    """Upper bound on P(sum d_i g_i >= s) under H0 (g_i independent: centred Exp(1) or Bernoulli(gamma))."""
+    from scipy.optimize import minimize_scalar
+
+    d = d[d != 0]
+    if s <= 0 or d.size == 0:
+        return 1.0
+    if params.scheme == "kgw":
+        gam = params.gamma
+
+        def log_mgf(th: float) -> float:  # log E exp(th d (B - gamma)), B ~ Bernoulli(gamma)
+            x = th * d
+            return float(np.sum(np.logaddexp(np.log1p(-gam), np.log(gam) + x) - gam * x))
+
+        hi = 50.0 / float(np.abs(d).max())
+    else:
+        def log_mgf(th: float) -> float:  # log E exp(th d (E - 1)), E ~ Exp(1): needs th d < 1
+            x = th * d
+            return float(np.sum(-x - np.log1p(-x)))
+
+        dmax = float(d.max())
+        hi = (1.0 - 1e-9) / dmax if dmax > 0 else 50.0 / float(np.abs(d).max())
+    res = minimize_scalar(lambda th: log_mgf(th) - th * s, bounds=(0.0, hi), method="bounded",
+                          options={"xatol": hi * 1e-10})
+    return float(min(1.0, np.exp(min(0.0, res.fun))))
+
+
+def read_distributions(model: Any, prompt_ids: list[int], answer_ids: list[int], max_len: int = 1024) -> Any:
+    """Next-token probabilities (float32 tensor [answer positions, V]) at each answer position."""
+    import torch
+
+    ids = (prompt_ids + answer_ids)[:max_len]
+    start = len(prompt_ids)
+    if start == 0 or len(ids) <= start:
+        raise AuditError("the shift audit needs each context's prompt (events with their request)")
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, start - 1 : len(ids) - 1]
+    return torch.softmax(logits.float(), dim=-1).cpu()
+
+
+def shift_tuples(p_s: Any, p_r: Any, answer_ids: Sequence[int], h: int, into: ShiftSet, top_k: int = 32) -> None:
+    """Add one context's shifts: every position with a full window inside the answer, over the
+    top ``top_k`` tokens of either model (the shift elsewhere is negligible mass)."""
+    import torch
+
+    n = min(len(answer_ids), p_s.shape[0], p_r.shape[0])
+    if n <= h:
+        return
+    p_s, p_r = p_s[h:n], p_r[h:n]
+    idx = torch.cat([p_s.topk(top_k, dim=-1).indices, p_r.topk(top_k, dim=-1).indices], dim=-1)
+    shift = (p_s.gather(1, idx) - p_r.gather(1, idx)).numpy()
+    idx_np = idx.numpy()
+    for j in range(n - h):
+        window = tuple(int(x) for x in answer_ids[j : j + h])
+        toks, first = np.unique(idx_np[j], return_index=True)
+        into.add(window, toks, shift[j][first])
+
+
+def audit_shift(
+    model: Any,
+    reference: Any,
+    tok: Any,
+    contexts: list[Example],
+    params: SchemeParams,
+    keys: KeyRing,
+    suspect: str = "in-memory model",
+    control_keys: int = 5,
+    top_k: int = 32,
+    progress: bool = True,
+) -> AuditResult:
+    """Shift audit (see above) of a loaded suspect against a loaded ``reference`` model (the
+    watermarking model), both reading the unwatermarked ``contexts``; same tokenizer ``tok``."""
+    from rich.progress import track
+
+    started = time.time()
+    if not contexts:
+        raise AuditError("the shift audit needs contexts written without the watermark key")
+    sset = ShiftSet(params.context_width)
+    encoded = [_encode_example(tok, ex) for ex in contexts]
+    it = track(encoded, description="shift audit", transient=True) if progress else encoded
+    for prompt_ids, answer_ids in it:
+        if len(answer_ids) <= params.context_width:
+            continue
+        p_s = read_distributions(model, prompt_ids, answer_ids)
+        p_r = read_distributions(reference, prompt_ids, answer_ids)
+        shift_tuples(p_s, p_r, answer_ids, params.context_width, sset, top_k)
+    best: tuple[ScoredSet, str] | None = None
+    for k in keys.keys:
+        sc = sset.score(params, k.secret)
+        if best is None or sc.p_value < best[0].p_value:
+            best = (sc, k.key_id)
+    assert best is not None
+    controls = [sset.score(params, secrets.token_bytes(32)).p_value for _ in range(control_keys)]
+    return AuditResult(
+        mode="open-weights-shift", suspect=suspect, texts=len(contexts), tuples_scored=best[0].tuples,
+        score=best[0].score, p_value=min(1.0, best[0].p_value * len(keys)), key_id=best[1] if best[0].tuples else None,
+        control={"description": f"the same {best[0].tuples} (window, token) shifts over {sset.positions} positions "
+                                f"scored under {control_keys} fresh random key(s)",
+                 "random_key_p_values": controls, "p_value_kind": "Chernoff bound (valid, conservative)",
+                 "top_k": top_k},
+        seconds=time.time() - started,
+    )

@@ -173,41 +173,25 @@ def _replay_items(det: Any, raw: str, ids: bool, events: bool, temperature: floa
 def _replay_detect(det: Any, model: Any, raw: str, ids: bool, events: bool, temperature: float, fpr: float) -> dict[str, Any]:
     """``watermark detect --replay``: per-text and pooled replay tests, Bonferroni over the keys."""
     from distillguard.watermark.detect import DetectionInputError
-    from distillguard.watermark.replay import ReplayError, replay_pooled
+    from distillguard.watermark.replay import ReplayError, replay_inputs, replay_verdict
 
     try:
         items = _replay_items(det, raw, ids, events, temperature)
     except DetectionInputError as exc:
         raise _fail(str(exc)) from None
     h = det.params.context_width
-    if all(len(a) <= h for _, a, _ in items):
+    if all(len(a) <= (0 if prompt else h) for prompt, a, _ in items):  # a prompt keys the first positions
         raise _fail(f"text too short: the watermark's context width is {h}, so at least {h + 1} tokens are needed")
     try:
-        indexed = [(i, (model.answer_logits(model.prompt_ids(prompt), a), a, t))
-                   for i, (prompt, a, t) in enumerate(items) if len(a) > h]
+        indexed = replay_inputs(model, items)
     except ValueError as exc:  # ScoringModelError
         raise _fail(str(exc)) from None
     texts = [x for _, x in indexed]
-
-    def test(group: list[tuple[Any, list[int], float]]) -> dict[str, Any]:
-        best = None
-        for key_id, wm in det.marks:
-            r = replay_pooled(wm, group)
-            if best is None or r.p_value < best[1].p_value:
-                best = (key_id, r)
-        assert best is not None
-        key_id, r = best
-        p = min(1.0, r.p_value * len(det.marks))
-        return {"detector": "replay", "tokens": sum(len(a) for _, a, _ in group), "tokens_scored": r.positions,
-                "matches": r.matches, "match_rate": r.match_rate, "score": r.score, "p_value": p,
-                "p_value_uncorrected": r.p_value, "fpr": fpr, "verdict": "watermarked" if p <= fpr else "not_detected",
-                "key_id": key_id if r.positions else None, "keys_tried": len(det.marks),
-                "scheme": det.params.describe(), "texts": len(group), "temperature": sorted({t for _, _, t in group})}
-
     try:
         if not events:
-            return test(texts)
-        return {"pooled": test(texts), "texts": [{"index": i, **test([x])} for i, x in indexed]}
+            return replay_verdict(det.marks, texts, fpr)
+        return {"pooled": replay_verdict(det.marks, texts, fpr),
+                "texts": [{"index": i, **replay_verdict(det.marks, [x], fpr)} for i, x in indexed]}
     except ReplayError as exc:
         raise _fail(str(exc)) from None
 

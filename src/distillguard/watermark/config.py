@@ -63,6 +63,10 @@ class WatermarkConfig(BaseModel):
     cache_size: int = 4096
     #: tokenizer used by detection: GGUF file or HF folder; default the served SmolLM2
     tokenizer_path: Path | None = None
+    #: model for replay detection on /admin/watermark/detect ("replay": true): "served" (the
+    #: engine's model_path, else the packaged SmolLM2), a GGUF file or HF folder, or None (off).
+    #: Loaded on the first replay request (float32 in transformers: about 0.6 GB for SmolLM2-135M)
+    replay_model: str | None = "served"
 
     def scheme_params(self):  # -> SchemeParams (import kept local: config stays light)
         from distillguard.watermark.schemes import SchemeParams

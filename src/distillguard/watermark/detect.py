@@ -78,32 +78,28 @@ def score_tuples(
     """Per-position (scored?, contribution) for one token sequence; updates ``seen`` in place.
 
     With ``skip_repeated`` only the first occurrence of each window in this sequence can be
-    scored (later ones were generated without the watermark). ``eligible`` (one bool per
-    position, from ``entropy.EntropyGate``) restricts scoring to the positions it marks; it must
-    be computed from the text alone (never from the key), which keeps the p-values exact.
+    scored (later ones were generated without the watermark), unless ``reseed_repeated`` gave each
+    repeat its own draw (``Watermark.seed_contexts`` says which draw each position used).
+    ``eligible`` (one bool per position, from ``entropy.EntropyGate``) restricts scoring to the
+    positions it marks; it must be computed from the text alone (never from the key), which keeps
+    the p-values exact.
     """
     if eligible is not None and len(eligible) != len(ids):
         raise DetectionInputError(f"eligible mask has {len(eligible)} entries for {len(ids)} tokens")
-    h = wm.params.context_width
     seen = set() if seen is None else seen
-    windows: set[tuple[int, ...]] = set()
     n = len(ids)
     scored = np.zeros(n, dtype=bool)
     contrib = np.zeros(n, dtype=np.float64)
-    for i in range(h, n):
-        window, token = tuple(int(x) for x in ids[i - h : i]), int(ids[i])
-        if wm.params.skip_repeated:
-            if window in windows:
-                continue
-            windows.add(window)
-        if eligible is not None and not eligible[i]:
+    for i, ctx in enumerate(wm.seed_contexts(ids)):
+        if ctx is None or (eligible is not None and not eligible[i]):
             continue
-        key = wm.dedup_key(window, token)
+        token = int(ids[i])
+        key = wm.dedup_key(ctx, token)
         if key in seen:
             continue
         seen.add(key)
         scored[i] = True
-        contrib[i] = wm.token_score(window, token)
+        contrib[i] = wm.token_score(ctx, token)
     return scored, contrib
 
 

@@ -3,12 +3,15 @@
     service = WatermarkService.from_settings(settings)      # once, at startup
     params.logits_processors += service.processors_for(account, tier, temperature, top_p)
     service.detect_text(text)                                # /admin/watermark/detect
+    service.detect_replay(text, messages, temperature)       # ... with "replay": true
 
 Only the current key of the ring watermarks new text; detection tries every key.
 """
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
 from distillguard.engines.base import LogitsProcessor
@@ -34,11 +37,15 @@ def build_processor(
 
 
 class WatermarkService:
-    def __init__(self, config: WatermarkConfig, key_ring: KeyRing | None, tokenizer: Tokenizer | None = None):
+    def __init__(self, config: WatermarkConfig, key_ring: KeyRing | None, tokenizer: Tokenizer | None = None,
+                 served_model_path: Path | None = None):
         self.config = config
         self.keys = key_ring
         self._tokenizer = tokenizer
         self._detector: Detector | None = None
+        self._served_model_path = served_model_path  # what replay_model = "served" means
+        self._replay_model: Any = None
+        self._replay_lock = threading.Lock()
         # one Watermark for the current key, shared by all requests so its row cache is warm
         self._mark = (
             Watermark(config.scheme_params(), key_ring.current.secret, config.cache_size)
@@ -54,7 +61,9 @@ class WatermarkService:
         ring = None
         if cfg.enabled or cfg.key_file:
             ring = load_key_ring(cfg.key_file, cfg.key_env)
-        return cls(cfg, ring, tokenizer)
+        engine = getattr(settings, "engine", None)
+        served = engine.model_path if engine is not None and engine.kind in ("llamacpp", "hf") else None
+        return cls(cfg, ring, tokenizer, served_model_path=served)
 
     def applies_to(self, account: str, tier: str) -> bool:
         c = self.config
@@ -91,3 +100,50 @@ class WatermarkService:
             return self.detector().detect_text(text, self.config.fpr if fpr is None else fpr).to_dict()
         except DetectionInputError as exc:
             return {"error": str(exc)}
+
+    def replay_model(self) -> Any:
+        """The ScoringModel replay detection uses (loaded once); ReplayUnavailable if none."""
+        from distillguard.watermark.entropy import ScoringModel, ScoringModelError
+
+        with self._replay_lock:
+            if self._replay_model is None:
+                path = self.config.replay_model
+                if path is None:
+                    raise ReplayUnavailable("replay detection is off on this server (watermark.replay_model is null)")
+                if path == "served":
+                    from distillguard.models import ModelNotInstalled, smollm2_gguf
+
+                    try:
+                        path = str(self._served_model_path or smollm2_gguf())
+                    except ModelNotInstalled as exc:
+                        raise ReplayUnavailable(str(exc)) from None
+                try:
+                    model = ScoringModel.load(path)
+                    model.check_tokenizer(self.tokenizer)
+                except (ScoringModelError, OSError, ValueError) as exc:
+                    raise ReplayUnavailable(f"cannot load watermark.replay_model {path!r}: {exc}") from None
+                self._replay_model = model
+            return self._replay_model
+
+    def detect_replay(self, text: str, prompt: Any, temperature: float, fpr: float | None = None) -> dict[str, Any]:
+        """Replay test of one served answer (``replay.py``): the prompt (chat messages or text, or
+        None) and the temperature it was served with. Bad input → {"error": ...}."""
+        from distillguard.watermark.replay import ReplayError, replay_inputs, replay_verdict
+
+        det = self.detector()
+        if det.params.scheme != "gumbel":
+            return {"error": f"replay is for the 'gumbel' scheme; this server's watermark is {det.params.scheme!r}"}
+        try:
+            ids = det.encode(text)
+            h = det.params.context_width
+            if len(ids) <= (0 if prompt else h):
+                return {"error": f"text too short: the watermark's context width is {h}, so at least {h + 1} "
+                                 "tokens are needed (or send the prompt too)"}
+            group = [x for _, x in replay_inputs(self.replay_model(), [(prompt, ids, temperature)])]
+            return replay_verdict(det.marks, group, self.config.fpr if fpr is None else fpr)
+        except (DetectionInputError, ReplayError) as exc:
+            return {"error": str(exc)}
+
+
+class ReplayUnavailable(RuntimeError):
+    """This server cannot run replay detection (no model configured or loadable); says why."""

@@ -9,8 +9,11 @@ classic score (``-log(1 - u)`` of the chosen token, ``detect.py``):
 * Under H0 (text written without the key) the uniforms of a window are independent of the
   text, so by the Gumbel-max trick the replayed choice equals the text's token with probability
   exactly q_t(x_t), the detector's own probability of that token. Distinct windows have
-  independent uniforms, so the matches are independent Bernoulli(q_t(x_t)). Only the first
-  occurrence of each window is scored (as generation with ``skip_repeated`` watermarks).
+  independent uniforms, so the matches are independent Bernoulli(q_t(x_t)). Each position is
+  replayed with the draw generation used there (``Watermark.seed_contexts``: under
+  ``skip_repeated`` only first occurrences, with ``reseed_repeated`` every occurrence), and each
+  draw is scored once. Given the prompt's last h tokens, the answer's first h positions (whose
+  windows reach into the prompt) are scored too.
 * Under H1 a position matches whenever the detector's q is close enough to the generator's that
   the argmax does not move: nearly always with the same model, prompt and temperature.
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -84,18 +88,20 @@ class _Term:
 def _terms(
     wm: Watermark, logits: np.ndarray, ids: list[int], temperature: float, top_p: float,
     eligible: Sequence[bool] | None, resolution: float, mismatch_rate: float, seen: set[tuple[int, ...]],
+    prompt_ids: Sequence[int] | None = None,
 ) -> list[_Term]:
-    """The scored positions of one text; ``seen`` holds windows already used (shared when pooling)."""
+    """The scored positions of one text; ``seen`` holds draws already used (shared when pooling)."""
     if logits.shape[0] != len(ids):
         raise ReplayError(f"{logits.shape[0]} logit rows for {len(ids)} answer tokens")
     h = wm.params.context_width
+    tail = [int(x) for x in prompt_ids[-h:]] if prompt_ids else []
+    contexts = wm.seed_contexts(tail + ids, start=len(tail))[len(tail):]
     vocab = logits.shape[-1]
     out: list[_Term] = []
-    for t in range(h, len(ids)):
-        window = tuple(ids[t - h : t])
-        if window in seen:
+    for t, ctx in enumerate(contexts):
+        if ctx is None or ctx in seen:
             continue
-        seen.add(window)
+        seen.add(ctx)
         if eligible is not None and not eligible[t]:
             continue
         q = _softmax(logits[t], temperature)
@@ -104,7 +110,7 @@ def _terms(
         qx = float(q[ids[t]])
         if not 0.0 < qx < 1.0:
             continue  # impossible or certain under the detector's q: no information either way
-        u = wm.uniform_row(window, vocab)
+        u = wm.uniform_row(ctx, vocab)
         with np.errstate(divide="ignore"):
             choice = int(np.argmax(np.where(q > 0, np.log(u) / q, -np.inf)))
         lq = min(-np.log(qx), MAX_WEIGHT_NATS)
@@ -159,30 +165,32 @@ def replay(
     eligible: Sequence[bool] | None = None,
     resolution: float = RESOLUTION,
     mismatch_rate: float = MISMATCH_RATE,
+    prompt_ids: Sequence[int] | None = None,
 ) -> ReplayResult:
     """Replay test of one answer.
 
     ``logits``: [len(answer_ids), V], row t the detector's logits for answer position t (from
-    the prompt and answer[:t]; ``entropy.ScoringModel.answer_logits``). Positions before the
-    first full window inside the answer are not scored. ``eligible`` optionally restricts the
+    the prompt and answer[:t]; ``entropy.ScoringModel.answer_logits``). ``prompt_ids``: the
+    prompt as the model saw it (chat template applied); without it the positions before the first
+    full window inside the answer are not scored. ``eligible`` optionally restricts the
     positions further (any rule that does not look at the key keeps the test exact).
     """
     _check(wm, temperature, mismatch_rate)
     ids = [int(x) for x in answer_ids]
-    terms = _terms(wm, logits, ids, temperature, top_p, eligible, resolution, mismatch_rate, set())
+    terms = _terms(wm, logits, ids, temperature, top_p, eligible, resolution, mismatch_rate, set(), prompt_ids)
     return _result(terms, _tails(terms), len(ids), resolution)
 
 
 def replay_pooled(
     wm: Watermark,
-    texts: Sequence[tuple[np.ndarray, Sequence[int], float]],
+    texts: Sequence[tuple[np.ndarray, Sequence[int], float] | tuple[np.ndarray, Sequence[int], float, Sequence[int] | None]],
     top_p: float = 1.0,
     resolution: float = RESOLUTION,
     mismatch_rate: float = MISMATCH_RATE,
 ) -> ReplayResult:
-    """One exact test over many texts, each ``(logits, answer ids, temperature)``.
+    """One exact test over many texts, each ``(logits, answer ids, temperature[, prompt ids])``.
 
-    A window is scored once across all texts (its uniforms are the same number wherever it
+    A draw is scored once across all texts (a window's uniforms are the same number wherever it
     occurs). ``prefix_p_values`` of the result runs over the texts' positions end to end.
     """
     if not texts:
@@ -190,11 +198,51 @@ def replay_pooled(
     seen: set[tuple[int, ...]] = set()
     terms: list[_Term] = []
     offset = 0
-    for logits, answer_ids, temperature in texts:
+    for logits, answer_ids, temperature, *rest in texts:
         _check(wm, temperature, mismatch_rate)
         ids = [int(x) for x in answer_ids]
-        for term in _terms(wm, logits, ids, temperature, top_p, None, resolution, mismatch_rate, seen):
+        prompt_ids = rest[0] if rest else None
+        for term in _terms(wm, logits, ids, temperature, top_p, None, resolution, mismatch_rate, seen, prompt_ids):
             term.pos += offset
             terms.append(term)
         offset += len(ids)
     return _result(terms, _tails(terms), offset, resolution)
+
+
+# -- what the CLI and the admin endpoint report ------------------------------------------------
+
+#: one text to replay: (prompt messages or text or None, answer token ids, temperature)
+ReplayItem = tuple[Any, list[int], float]
+
+
+def replay_inputs(model: Any, items: Sequence[ReplayItem]) -> list[tuple[int, tuple[np.ndarray, list[int], float, list[int] | None]]]:
+    """(index, (logits, answer ids, temperature, prompt ids)) for each item longer than nothing.
+
+    ``model`` is an ``entropy.ScoringModel`` (the served model); the prompt goes through its chat
+    template, so the answer's first position is keyed and scored as it was generated.
+    """
+    out = []
+    for i, (prompt, answer_ids, temperature) in enumerate(items):
+        if answer_ids:
+            pids = model.prompt_ids(prompt)
+            out.append((i, (model.answer_logits(pids, answer_ids), answer_ids, temperature, pids or None)))
+    return out
+
+
+def replay_verdict(marks: Sequence[tuple[str, Watermark]], group: Sequence[tuple], fpr: float) -> dict[str, Any]:
+    """Pooled replay test of ``group`` (``replay_pooled`` items) under every key; Bonferroni over keys."""
+    if not group:
+        raise ReplayError("no texts to test")
+    best: tuple[str, ReplayResult] | None = None
+    for key_id, wm in marks:
+        r = replay_pooled(wm, group)
+        if best is None or r.p_value < best[1].p_value:
+            best = (key_id, r)
+    assert best is not None
+    key_id, r = best
+    p = min(1.0, r.p_value * len(marks))
+    return {"detector": "replay", "tokens": sum(len(x[1]) for x in group), "tokens_scored": r.positions,
+            "matches": r.matches, "match_rate": r.match_rate, "score": r.score, "p_value": p,
+            "p_value_uncorrected": r.p_value, "fpr": fpr, "verdict": "watermarked" if p <= fpr else "not_detected",
+            "key_id": key_id if r.positions else None, "keys_tried": len(marks),
+            "scheme": marks[0][1].params.describe(), "texts": len(group), "temperature": sorted({x[2] for x in group})}

@@ -26,6 +26,14 @@ evidence either (measured on SmolLM2: a third of Gumbel h=1 answers never reache
 of them 200-token loops). Detection then scores only the first occurrence of each window in a
 text (the positions that were watermarked); under H0 those tuples are still distinct, so the
 p-values stay exact.
+
+``reseed_repeated`` (with ``skip_repeated``): instead of leaving a repeated window alone, its k-th
+repeat (k >= 1) is watermarked with a fresh keyed draw seeded by (window, k). Each occurrence
+still samples exactly from p, so the answer is distortion-free and cannot lock into a loop, and
+every position carries evidence: no position is thrown away. First occurrences use the same
+draw as ``skip_repeated`` alone, so what a student learns from them (radioactivity) is unchanged.
+Why: with h = 1 the repeated windows are the common tokens (" the", ",", " of") and the token
+after them is often the most uncertain one, which is exactly where the evidence is.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ class SchemeParams:
     self_seeding: bool = False
     entropy_threshold: float = 0.0  # nats; 0 = bias every position
     skip_repeated: bool = False  # watermark only the first occurrence of each window in an answer
+    reseed_repeated: bool = False  # ...and its later occurrences with a draw seeded by (window, k)
 
     def __post_init__(self) -> None:
         if self.scheme not in ("kgw", "gumbel"):
@@ -65,10 +74,14 @@ class SchemeParams:
             raise ValueError("self_seeding is only defined for the 'kgw' scheme")
         if self.skip_repeated and self.self_seeding:
             raise ValueError("skip_repeated needs plain window seeding (self_seeding=False)")
+        if self.reseed_repeated and not self.skip_repeated:
+            raise ValueError("reseed_repeated needs skip_repeated=True (it reseeds the windows skip_repeated skips)")
 
     def describe(self) -> dict[str, object]:
         d: dict[str, object] = {"scheme": self.scheme, "context_width": self.context_width,
                                 "skip_repeated": self.skip_repeated}
+        if self.reseed_repeated:
+            d["reseed_repeated"] = True
         if self.scheme == "kgw":
             d.update(gamma=self.gamma, delta=self.delta, self_seeding=self.self_seeding,
                      entropy_threshold=self.entropy_threshold)
@@ -86,6 +99,23 @@ class Watermark:
     def window(self, ids: Sequence[int], pos: int) -> tuple[int, ...]:
         """The h ids before position ``pos`` (the tuple that seeds its green list)."""
         return tuple(int(x) for x in ids[pos - self.params.context_width : pos])
+
+    def seed_contexts(self, ids: Sequence[int], start: int = 0) -> list[tuple[int, ...] | None]:
+        """Per position of ``ids``: the seed context generation drew that token's uniforms from.
+
+        ``None`` where generation left the position alone (a window repeated under
+        ``skip_repeated``) or where no full window precedes it. ``ids[:start]`` is the end of the
+        prompt (pass its last h tokens to score the answer's first positions; with start = 0 the
+        text is read alone, as model-free detection must). The rule is the processors' own
+        (``SeedTracker``), so detection and generation cannot disagree.
+        """
+        arr = np.asarray([int(x) for x in ids], dtype=np.int64)
+        tracker = SeedTracker(self.params)
+        tracker.begin(start)
+        out: list[tuple[int, ...] | None] = [None] * min(start, len(arr))
+        for i in range(start, len(arr)):
+            out.append(tracker.context(arr[:i]))
+        return out
 
     def uniform(self, window: Sequence[int], token: int) -> float:
         if self.params.self_seeding:
@@ -150,39 +180,51 @@ def _top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
     return out
 
 
-class _WindowMemory:
-    """Which windows this answer has already used (for ``skip_repeated``), from input_ids alone.
+class SeedTracker:
+    """The seed context of each position of one answer, read from input_ids alone.
 
     A processor sees prompt + answer so far. Its first call marks where the answer starts; a call
     whose input is not exactly one token longer than the last one starts a new sequence (engines
-    may reuse a request's processors for its n choices). Windows that reach into the prompt are
-    never remembered: detection cannot see the prompt, so it could not skip them either.
+    may reuse a request's processors for its n choices). Returns the window itself, except under
+    ``skip_repeated``: a window's repeats give ``None`` (leave the scores alone), or with
+    ``reseed_repeated`` the context ``(*window, -1 - k)`` for its k-th repeat (the negative id
+    keeps it apart from every real window). Windows that reach into the prompt are never counted:
+    detection without the prompt could not count them either.
     """
 
-    def __init__(self, h: int):
-        self.h = h
+    def __init__(self, params: SchemeParams):
+        self.h = params.context_width
+        self.skip = params.skip_repeated
+        self.reseed = params.reseed_repeated
         self.start = 0
         self.last_n = -1
-        self.seen: set[tuple[int, ...]] = set()
+        self.count: dict[tuple[int, ...], int] = {}
 
-    def repeated(self, input_ids: np.ndarray) -> bool:
+    def begin(self, start: int) -> None:
+        """Start a new answer whose first token is at index ``start`` of input_ids."""
+        self.start, self.last_n, self.count = start, start - 1, {}
+
+    def context(self, input_ids: np.ndarray) -> tuple[int, ...] | None:
         n = len(input_ids)
         if n != self.last_n + 1:
-            self.start, self.seen = n, set()
+            self.begin(n)
         self.last_n = n
-        if n - self.h < self.start:
-            return False
+        if n < self.h:
+            return None
         w = tuple(int(x) for x in input_ids[n - self.h : n])
-        if w in self.seen:
-            return True
-        self.seen.add(w)
-        return False
+        if not self.skip or n - self.h < self.start:
+            return w
+        k = self.count.get(w, 0)
+        self.count[w] = k + 1
+        if k == 0:
+            return w
+        return (*w, -1 - k) if self.reseed else None
 
 
 class _GreenListProcessor:
     def __init__(self, wm: Watermark, temperature: float):
         self.wm = wm
-        self.memory = _WindowMemory(wm.params.context_width) if wm.params.skip_repeated else None
+        self.tracker = SeedTracker(wm.params)
         self.temperature = temperature if temperature > 0 else 1.0
         # Engines divide by the temperature *after* processors run; scaling the bias by T makes
         # delta the logit bias of the distribution actually sampled from (as in the KGW paper
@@ -191,16 +233,15 @@ class _GreenListProcessor:
 
     def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
         p = self.wm.params
-        if len(input_ids) < p.context_width:
-            return logits
-        if self.memory is not None and self.memory.repeated(input_ids):
-            return logits
+        ctx = self.tracker.context(input_ids)
+        if ctx is None:
+            return logits  # no full window yet, or a repeated window under skip_repeated
         if p.entropy_threshold > 0:
             probs = _softmax(logits, self.temperature)
             nz = probs[probs > 0]
             if float(-(nz * np.log(nz)).sum()) < p.entropy_threshold:
                 return logits
-        row = self.wm.uniform_row(input_ids[-p.context_width :], logits.shape[-1])
+        row = self.wm.uniform_row(ctx, logits.shape[-1])
         return np.where(row < p.gamma, logits + np.float32(self.bias), logits).astype(logits.dtype, copy=False)
 
 
@@ -209,21 +250,19 @@ class _GumbelProcessor:
         self.wm = wm
         self.temperature = temperature
         self.top_p = top_p
-        self.memory = _WindowMemory(wm.params.context_width) if wm.params.skip_repeated else None
+        self.tracker = SeedTracker(wm.params)
 
     def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        h = self.wm.params.context_width
+        ctx = None if self.temperature <= 0 else self.tracker.context(input_ids)
         if self.temperature <= 0:
             choice = int(np.argmax(logits))  # greedy decoding leaves no randomness to key
-        elif len(input_ids) < h:
-            return logits
-        elif self.memory is not None and self.memory.repeated(input_ids):
-            return logits  # a window seen before in this answer: the engine samples as usual
+        elif ctx is None:
+            return logits  # no full window yet, or a window repeated under skip_repeated: the engine samples
         else:
             probs = _softmax(logits, self.temperature)
             if self.top_p < 1.0:
                 probs = _top_p(probs, self.top_p)
-            u = self.wm.uniform_row(input_ids[-h:], logits.shape[-1])
+            u = self.wm.uniform_row(ctx, logits.shape[-1])
             with np.errstate(divide="ignore"):
                 # argmax u^(1/p) == argmax log(u)/p; p = 0 gives -inf, never chosen
                 choice = int(np.argmax(np.where(probs > 0, np.log(u) / probs, -np.inf)))
