@@ -207,6 +207,34 @@ def test_cli_audit_with_reading_gate(tiny, tmp_path):
     assert r.exit_code != 0 and "max_top_prob must be in (0, 1]" in r.stderr
 
 
+def test_cli_audit_shift(tiny, tmp_path):
+    """`watermark audit --shift`: suspect vs reference distributions; a model compared with itself has
+    no shift (p = 1); another random model is not radioactive; --shift needs --scoring-model."""
+    from typer.testing import CliRunner
+
+    from distillguard.cli import app
+    from distillguard.engines.tiny import make_tiny_model
+
+    keyf = tmp_path / "key"
+    keyf.write_text("cli-test-key-0123456789abcdef")
+    served = tmp_path / "served.txt"
+    served.write_text("The river runs by the old city at night.\n\nA dog and a cat sat by the door.\n")
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text("The city is old and the river is long.\n\nThe cat sat on the table by the window.\n")
+    base = ["watermark", "audit", "--texts", str(served), "--contexts", str(ctx), "--key-file", str(keyf), "--json"]
+    same = CliRunner().invoke(app, [*base, "--suspect", str(tiny), "--shift", "--scoring-model", str(tiny)])
+    assert same.exit_code == 0, same.output
+    out = json.loads(same.stdout)
+    assert out["mode"] == "open-weights-shift" and out["p_value"] == 1.0 and out["tuples_scored"] > 100
+    other = make_tiny_model(tmp_path / "other", seed=7)
+    r = CliRunner().invoke(app, [*base, "--suspect", str(other), "--shift", "--scoring-model", str(tiny)])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["p_value"] > 1e-3 and out["verdict"] == "not_detected", out
+    r = CliRunner().invoke(app, [*base, "--suspect", str(tiny), "--shift"])
+    assert r.exit_code != 0 and "--shift needs --scoring-model" in r.stderr
+
+
 def test_cli_detect_replay(tiny, tmp_path):
     """`watermark detect --replay`: text the tiny model wrote under the key is found from a few tokens;
     the same text under another key is not; bad combinations fail with one line."""

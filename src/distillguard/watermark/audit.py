@@ -561,16 +561,18 @@ def chernoff_p_value(params: SchemeParams, d: np.ndarray, s: float) -> float:
 
 
 def read_distributions(model: Any, prompt_ids: list[int], answer_ids: list[int], max_len: int = 1024) -> Any:
-    """Next-token probabilities (float32 tensor [answer positions, V]) at each answer position."""
+    """Next-token probabilities (float32 tensor [answer positions, V]) at each answer position
+    (without a prompt, row 0 is all zeros: nothing predicts the first token)."""
     import torch
 
     ids = (prompt_ids + answer_ids)[:max_len]
     start = len(prompt_ids)
-    if start == 0 or len(ids) <= start:
-        raise AuditError("the shift audit needs each context's prompt (events with their request)")
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, start - 1 : len(ids) - 1]
-    return torch.softmax(logits.float(), dim=-1).cpu()
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, max(start - 1, 0) : len(ids) - 1]
+    probs = torch.softmax(logits.float(), dim=-1).cpu()
+    if start == 0:
+        probs = torch.cat([torch.zeros(1, probs.shape[-1]), probs])
+    return probs
 
 
 def shift_tuples(p_s: Any, p_r: Any, answer_ids: Sequence[int], h: int, into: ShiftSet, top_k: int = 32) -> None:

@@ -244,6 +244,10 @@ def audit(
     limit: Annotated[Optional[int], typer.Option(help="Use at most this many texts.")] = None,
     filter_seen: Annotated[bool, typer.Option(help="Open weights: score only windows seen in the served outputs.")] = False,
     reference: Annotated[Optional[Path], typer.Option(help="Unwatermarked reference model read the same way (control).")] = None,
+    shift: Annotated[bool, typer.Option(
+        "--shift", help="Open weights: the shift audit: the suspect's whole next-token distributions against "
+                        "--scoring-model's (the watermarking model) on the contexts; sees the light tilt a "
+                        "fine-tune leaves where top-1 predictions rarely flip (Chernoff p-value, valid).")] = False,
     control_keys: Annotated[int, typer.Option(help="Fresh random keys scored as a control.")] = 5,
     model_name: Annotated[Optional[str], typer.Option(help="Black box: model id at the URL.")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="Black box: env var with the suspect API key.")] = None,
@@ -273,6 +277,9 @@ def audit(
                 raise AuditError("open-weights mode needs --contexts: texts written without the watermark key for the "
                                  "suspect to read (reading the watermarked texts biases the test)")
             ctx = load_examples(contexts, limit)
+            if shift:
+                res = _shift_audit(suspect, scoring_model, examples, ctx, params, ring, tokenizer, control_keys)
+                return _print_audit(res, fpr, as_json)
             gate = None
             if scoring_model:
                 from distillguard.watermark.entropy import ReadingGate
@@ -282,19 +289,41 @@ def audit(
             res = audit_open_weights(suspect, examples, params, ring, tokenizer, filter_seen, control_keys, reference,
                                      contexts=ctx, gate=gate)
         else:
+            if shift:
+                raise AuditError("--shift reads the suspect's distributions: it needs --mode open-weights and a local model")
             api_key = os.environ.get(api_key_env) if api_key_env else None
             res = audit_black_box(suspect, examples, params, ring, tokenizer, model_name, max_tokens,
                                   control_keys=control_keys, api_key=api_key)
     except (AuditError, ScoringModelError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
+    _print_audit(res, fpr, as_json)
+
+
+def _print_audit(res: Any, fpr: float, as_json: bool) -> None:
     out = res.to_dict()
     out["verdict"] = "radioactive" if res.p_value <= fpr else "not_detected"
     if as_json:
         typer.echo(json.dumps(out, indent=2))
     else:
         ctrl = ", ".join(f"{p:.3g}" for p in res.control["random_key_p_values"])
-        typer.echo(f"{out['verdict']}: p = {res.p_value:.3g} over {res.tuples_scored} distinct tuples "
+        what = "(window, token) shifts" if res.mode == "open-weights-shift" else "distinct tuples"
+        typer.echo(f"{out['verdict']}: p = {res.p_value:.3g} over {res.tuples_scored} {what} "
                    f"from {res.texts} texts ({res.mode}); control (random keys): {ctrl}")
+
+
+def _shift_audit(suspect: str, scoring_model: str | None, examples: list[Any], ctx: list[Any], params: Any,
+                 ring: Any, tokenizer: Any, control_keys: int) -> Any:
+    """``watermark audit --shift``: load the suspect and the reference, check both read our tokens."""
+    from distillguard.watermark.audit import AuditError, audit_shift, check_contexts, check_tokenizer, load_suspect
+
+    if not scoring_model:
+        raise AuditError("--shift needs --scoring-model: the watermarking model (HF folder, .gguf or 'served') "
+                         "whose distributions the suspect's are compared with")
+    check_contexts(ctx, examples, params, ring, tokenizer)
+    reference = _gate(scoring_model, 0.0, None, 1.0, tokenizer).model
+    model, tok = load_suspect(suspect)
+    check_tokenizer(tok, tokenizer)
+    return audit_shift(model, reference.model, tok, ctx, params, ring, suspect, control_keys)
 
 
 @app.command("new-key")
