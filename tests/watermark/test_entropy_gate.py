@@ -181,18 +181,24 @@ def test_cli_detect_with_scoring_model(tiny, tmp_path):
     assert r.exit_code != 0 and "only apply with --scoring-model" in r.stderr
 
 
-def test_cli_audit_with_reading_gate(tiny, tmp_path):
-    """Open-weight audit through the CLI: unwatermarked contexts, the reading gate, and its errors."""
-    from typer.testing import CliRunner
-
-    from distillguard.cli import app
-
+def _audit_files(tmp_path):
+    """A key file, two 'served' texts and two unwatermarked contexts for CLI audits."""
     keyf = tmp_path / "key"
     keyf.write_text("cli-test-key-0123456789abcdef")
     served = tmp_path / "served.txt"
     served.write_text("The river runs by the old city at night.\n\nA dog and a cat sat by the door.\n")
     ctx = tmp_path / "ctx.txt"
     ctx.write_text("The city is old and the river is long.\n\nThe cat sat on the table by the window.\n")
+    return keyf, served, ctx
+
+
+def test_cli_audit_with_reading_gate(tiny, tmp_path):
+    """Open-weight audit through the CLI: unwatermarked contexts, the reading gate, and its errors."""
+    from typer.testing import CliRunner
+
+    from distillguard.cli import app
+
+    keyf, served, ctx = _audit_files(tmp_path)
     base = ["watermark", "audit", "--suspect", str(tiny), "--texts", str(served), "--contexts", str(ctx),
             "--key-file", str(keyf), "--json"]
     plain = CliRunner().invoke(app, base)
@@ -215,12 +221,7 @@ def test_cli_audit_shift(tiny, tmp_path):
     from distillguard.cli import app
     from distillguard.engines.tiny import make_tiny_model
 
-    keyf = tmp_path / "key"
-    keyf.write_text("cli-test-key-0123456789abcdef")
-    served = tmp_path / "served.txt"
-    served.write_text("The river runs by the old city at night.\n\nA dog and a cat sat by the door.\n")
-    ctx = tmp_path / "ctx.txt"
-    ctx.write_text("The city is old and the river is long.\n\nThe cat sat on the table by the window.\n")
+    keyf, served, ctx = _audit_files(tmp_path)
     base = ["watermark", "audit", "--texts", str(served), "--contexts", str(ctx), "--key-file", str(keyf), "--json"]
     same = CliRunner().invoke(app, [*base, "--suspect", str(tiny), "--shift", "--scoring-model", str(tiny)])
     assert same.exit_code == 0, same.output

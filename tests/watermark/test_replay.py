@@ -7,6 +7,8 @@ from distillguard.watermark.detect import prefix_p_values
 from distillguard.watermark.replay import MISMATCH_RATE, ReplayError, replay
 from distillguard.watermark.schemes import SchemeParams, Watermark
 
+from .bigram import sample
+
 KEY = b"test-key-0123456789abcdef"
 OTHER = b"another-key-9876543210fedcba"
 SKIP = SchemeParams(scheme="gumbel", skip_repeated=True)
@@ -25,16 +27,9 @@ def _bigram(seed=0):
 
 def _generate(table, key, n, seed):
     """Sample n tokens after one random token, watermarked under ``key`` (None: plain sampling)."""
-    proc = Watermark(SKIP, key).processor(T) if key else None
     r = np.random.default_rng(seed)
-    ids = [int(r.integers(VOCAB))]
-    for _ in range(n):
-        logits = table[ids[-1]]
-        out = proc(np.array(ids), logits) if proc else logits
-        z = out.astype(np.float64) / T
-        p = np.exp(z - z.max())
-        ids.append(int(r.choice(VOCAB, p=p / p.sum())))
-    return ids
+    first = int(r.integers(VOCAB))
+    return [first] + sample(table, SKIP if key else None, key, [first], n, r, T)
 
 
 def _logits(table, ids):

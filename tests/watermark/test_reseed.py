@@ -8,6 +8,8 @@ from distillguard.watermark.keys import KeyRing
 from distillguard.watermark.replay import replay
 from distillguard.watermark.schemes import SchemeParams, Watermark
 
+from .bigram import sample
+
 KEY = b"test-key-0123456789abcdef"
 SKIP = SchemeParams(scheme="gumbel", skip_repeated=True)
 RESEED = SchemeParams(scheme="gumbel", skip_repeated=True, reseed_repeated=True)
@@ -22,16 +24,7 @@ def _table(seed=0):
 
 def _generate(params, table, prompt, n, seed):
     """Answer ids after ``prompt``, watermarked with ``params`` (None: plain sampling)."""
-    proc = Watermark(params, KEY).processor(T) if params else None
-    r = np.random.default_rng(seed)
-    ids = list(prompt)
-    for _ in range(n):
-        logits = table[ids[-1]]
-        out = proc(np.array(ids), logits) if proc else logits
-        z = out.astype(np.float64) / T
-        p = np.exp(z - z.max())
-        ids.append(int(r.choice(VOCAB, p=p / p.sum())))
-    return ids[len(prompt):]
+    return sample(table, params, KEY, prompt, n, seed, T)
 
 
 def _logits(table, prompt, ans):

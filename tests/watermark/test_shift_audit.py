@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from distillguard.watermark.audit import ShiftSet, TupleSet, chernoff_p_value, shift_tuples
-from distillguard.watermark.schemes import SchemeParams, Watermark
+from distillguard.watermark.schemes import SchemeParams
+
+from .bigram import sample
 
 KEY = b"test-key-0123456789abcdef"
 RESEED = SchemeParams(scheme="gumbel", skip_repeated=True, reseed_repeated=True)
@@ -51,13 +53,9 @@ def _train_bigram(table, texts, lam=0.3):
 
 
 def _gen(table, params, n, seed):
-    proc = Watermark(params, KEY).processor(T) if params else None
     r = np.random.default_rng(seed)
-    ids = [int(r.integers(V))]
-    for _ in range(n):
-        out = proc(np.array(ids), table[ids[-1]]) if proc else table[ids[-1]]
-        ids.append(int(r.choice(V, p=_softmax(out, T))))
-    return ids
+    first = int(r.integers(V))
+    return [first] + sample(table, params, KEY, [first], n, r, T)
 
 
 def _audits(student, table, contexts):

@@ -182,9 +182,10 @@ def text_tuples(ids: Sequence[int], prompt_ids: Sequence[int], h: int, into: Tup
 
 
 def _conclude(
-    mode: str, suspect: str, texts: int, tset: TupleSet, params: SchemeParams, keys: KeyRing,
-    control_keys: int, started: float, reference: ScoredSet | None = None,
+    mode: str, suspect: str, texts: int, tset: TupleSet | ShiftSet, params: SchemeParams, keys: KeyRing,
+    control_keys: int, started: float, reference: ScoredSet | None = None, what: str = "tuples",
 ) -> AuditResult:
+    """Score ``tset`` under every key of the ring (Bonferroni) and under fresh random keys (control)."""
     best: tuple[ScoredSet, str] | None = None
     for k in keys.keys:
         s = tset.score(params, k.secret)
@@ -193,7 +194,7 @@ def _conclude(
     assert best is not None
     controls = [tset.score(params, secrets.token_bytes(32)).p_value for _ in range(control_keys)]
     control: dict[str, Any] = {
-        "description": f"the same {len(tset.tuples)} tuples scored under {control_keys} fresh random key(s)",
+        "description": f"the same {best[0].tuples} {what} scored under {control_keys} fresh random key(s)",
         "random_key_p_values": controls,
     }
     if reference is not None:
@@ -621,19 +622,7 @@ def audit_shift(
         p_s = read_distributions(model, prompt_ids, answer_ids)
         p_r = read_distributions(reference, prompt_ids, answer_ids)
         shift_tuples(p_s, p_r, answer_ids, params.context_width, sset, top_k)
-    best: tuple[ScoredSet, str] | None = None
-    for k in keys.keys:
-        sc = sset.score(params, k.secret)
-        if best is None or sc.p_value < best[0].p_value:
-            best = (sc, k.key_id)
-    assert best is not None
-    controls = [sset.score(params, secrets.token_bytes(32)).p_value for _ in range(control_keys)]
-    return AuditResult(
-        mode="open-weights-shift", suspect=suspect, texts=len(contexts), tuples_scored=best[0].tuples,
-        score=best[0].score, p_value=min(1.0, best[0].p_value * len(keys)), key_id=best[1] if best[0].tuples else None,
-        control={"description": f"the same {best[0].tuples} (window, token) shifts over {sset.positions} positions "
-                                f"scored under {control_keys} fresh random key(s)",
-                 "random_key_p_values": controls, "p_value_kind": "Chernoff bound (valid, conservative)",
-                 "top_k": top_k},
-        seconds=time.time() - started,
-    )
+    res = _conclude("open-weights-shift", suspect, len(contexts), sset, params, keys, control_keys, started,
+                    what=f"(window, token) shifts over {sset.positions} positions")
+    res.control |= {"p_value_kind": "Chernoff bound (valid, conservative)", "top_k": top_k}
+    return res
