@@ -1,22 +1,22 @@
 """Settings for watermarking (owned by distillguard.watermark).
 
-Scheme defaults: Gumbel-max with a one-token window, each window watermarked only at its first
-occurrence in an answer (``skip_repeated``). Measured on SmolLM2 chat answers at temperature 0.7
-(bench/results/watermark_power.json and watermark_power_skip.json, report split):
+Scheme defaults: Gumbel-max with a one-token window; each window's first occurrence in an answer
+uses the window's keyed draw and each later occurrence k a draw seeded by (window, k)
+(``skip_repeated`` + ``reseed_repeated``). Measured on SmolLM2 chat answers at temperature 0.7:
 
-* plain Gumbel h=1 (199 prompts): median 52 tokens to p < 1e-5, but deterministic given the
-  window, so 106 of 199 answers fell into loops (more than half their 4-grams repeated; 6 of 199
-  without a watermark) and 33% never reached p < 1e-5 within 200 tokens;
-* with ``skip_repeated`` (the same 199 prompts): median 59 tokens, 30% never (24 of those 59
-  answers are under 50 tokens), loops in 10 of 199, perplexity 0.93x of the unwatermarked answers
-  (distortion-free per token; transformers' KGW at bias 2: +12%, 51% never). The median goal of
-  50 tokens is not met yet.
+* plain Gumbel h=1 (199 prompts, watermark_power.json): deterministic given the window, so 106 of
+  199 answers fell into loops and 33% never reached p < 1e-5 within 200 tokens;
+* ``skip_repeated`` alone (repeats left to the engine's sampler): loops in 10 of 199, but the
+  repeats carry no evidence (watermark_power_skip.json; replay detection: median 16 tokens,
+  8.6% never, watermark_replay_power.json, session 6);
+* with ``reseed_repeated`` (session 7, 220 held-out prompts, watermark_replay_power_reseed.json):
+  replay detection median 12 tokens to p < 1e-5 and 5.0% never; model-free detection median 36
+  (skip alone: 57.5). Still distortion-free at every position.
 
-Its false-positive rate is exact by construction (distinct windows, gamma tail); the plain
-scheme's matched the nominal rate over 115k unwatermarked windows (bench/results/watermark_fpr.json).
-Trade-off: the first use of each window is deterministic given the key, so retries of the same
-prompt start alike; set ``scheme = "kgw"`` (keyed green list, gamma/delta) where answer
-diversity matters more than quality.
+The false-positive rate is exact by construction (distinct draws, gamma tail) and matched the
+nominal rate over 115k unwatermarked windows (bench/results/watermark_fpr*.json).
+Trade-off: the draws are deterministic given the key, so retries of the same prompt start alike;
+set ``scheme = "kgw"`` (keyed green list, gamma/delta) where answer diversity matters more than quality.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ class WatermarkConfig(BaseModel):
     #: watermark only the first occurrence of each window in an answer (stops Gumbel h=1 loops);
     #: detection must use the same value as generation
     skip_repeated: bool = True
+    #: with skip_repeated: watermark a window's k-th repeat too, with a draw seeded by (window, k)
+    #: (distortion-free, no loops, every position carries evidence); ignored when skip_repeated is
+    #: false (every position then uses its window's draw); detection must use the same value
+    reseed_repeated: bool = True
 
     #: secret file: one key per line, first = current, others = previous keys still detected
     key_file: Path | None = None
@@ -74,5 +78,5 @@ class WatermarkConfig(BaseModel):
         return SchemeParams(
             scheme=self.scheme, gamma=self.gamma, delta=self.delta, context_width=self.context_width,
             self_seeding=self.self_seeding, entropy_threshold=self.entropy_threshold,
-            skip_repeated=self.skip_repeated,
+            skip_repeated=self.skip_repeated, reseed_repeated=self.reseed_repeated and self.skip_repeated,
         )
