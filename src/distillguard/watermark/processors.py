@@ -128,6 +128,7 @@ class WatermarkService:
     def detect_replay(self, text: str, prompt: Any, temperature: float, fpr: float | None = None) -> dict[str, Any]:
         """Replay test of one served answer (``replay.py``): the prompt (chat messages or text, or
         None) and the temperature it was served with. Bad input → {"error": ...}."""
+        from distillguard.watermark.entropy import ScoringModelError
         from distillguard.watermark.replay import ReplayError, replay_inputs, replay_verdict
 
         det = self.detector()
@@ -141,7 +142,7 @@ class WatermarkService:
                                  "tokens are needed (or send the prompt too)"}
             group = [x for _, x in replay_inputs(self.replay_model(), [(prompt, ids, temperature)])]
             return replay_verdict(det.marks, group, self.config.fpr if fpr is None else fpr)
-        except (DetectionInputError, ReplayError) as exc:
+        except (DetectionInputError, ReplayError, ScoringModelError) as exc:
             return {"error": str(exc)}
 
 
