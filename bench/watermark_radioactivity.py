@@ -442,11 +442,18 @@ def main() -> None:
         out = {}
         wm_ex = examples(a.wm_config, n_read)
         ctx = examples("none", n_read)  # the same prompts answered without the watermark: what the suspect reads
+        # a short, low-entropy answer can come out word for word the same with and without the key; such a
+        # context IS a served text (reading it is the biased design), so it is left out (check_contexts refuses it)
+        served = {e.answer.strip() for e in wm_ex}
+        keep = [j for j, c in enumerate(ctx) if c.answer.strip() not in served]
+        ctx = [ctx[j] for j in keep]
+        masks = reading_masks(n_read)
+        masks = None if masks is None else [masks[j] for j in keep]
         check_contexts(ctx, wm_ex, params, ring, ref_tok)
         t_w, t_c = time.time(), cpu_clock()
         # with --filter-seen: only windows seen in the served (watermarked) outputs, from the same read
         ow, ow_f, ow_g = reading_audits(model, tok, ctx, wm_ex, params, ring, label, ref_tok, 5, a.filter_seen,
-                                        reading_masks(n_read))
+                                        masks)
         out["open_weights"] = ow.to_dict() | {"read_texts": n_read, "contexts": "unwatermarked answers to the "
                                               "same prompts", "wall_s": time.time() - t_w, "cpu_s": cpu_clock() - t_c}
         if ow_f is not None:
