@@ -20,7 +20,8 @@
    ``--control-n`` prompts (fewer than max(N) where the CPU budget is short), with snapshots at
    the N below control-n (reading mode only). Learning rate, batch and epochs were fixed before
    any result was seen. ``--epochs`` > 1 keeps the old design: one separate run per N (and for
-   the control), reshuffled every epoch, no snapshots.
+   the control), reshuffled every epoch, no snapshots; the largest N and the control run first
+   (side by side with ``--parallel-students``), the smaller N after them.
 3. Audits with the bench key:
    * open weights (reading mode): every model reads the UNWATERMARKED answers to the first N
      prompts of the order (the prompts the snapshot was trained on; the control trained on these
@@ -322,7 +323,8 @@ def main() -> None:
                          "power answers (cut to 128 tokens)")
     ap.add_argument("--wm-config", default="gumbel1_skip")
     ap.add_argument("--epochs", type=int, default=1,
-                    help="1: one pass with in-place snapshots at each N; more: one separate run per N")
+                    help="1: one pass with in-place snapshots at each N; more: one separate run per N and for "
+                         "the control (largest N and control first; two at a time with --parallel-students)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--blackbox-prompts", type=int, default=50)
@@ -618,11 +620,30 @@ def main() -> None:
             train_watermarked()
             train_control()
     else:
-        runs = [(f"watermarked_n{n}", a.wm_config, n) for n in ns] + [(f"control_n{a.control_n}", "none", a.control_n)]
-        for label, cfg, n in runs:
+        # one separate run per N (and for the control), reshuffled every epoch with the same seed; the
+        # largest N and the control first (two threads with --parallel-students), then the smaller N
+        jobs = [(f"watermarked_n{n}", a.wm_config, n) for n in sorted(ns, reverse=True)]
+        if cn > 0:
+            jobs.insert(1, (f"control_n{cn}", "none", cn))
+        if a.control_only:
+            jobs = [j for j in jobs if j[1] == "none"]
+
+        def run_job(job: tuple[str, str, int]) -> tuple[str, dict]:
+            label, cfg, n = job
+            t_w, t_c = time.time(), cpu_clock()
             model, tok, train = sft(init, pairs_of(cfg, n), a.epochs, a.lr, a.batch, a.device, precision=a.precision)
             record(label, cfg, n, train, model, tok)
+            if a.save_students and n == (cn if cfg == "none" else max(ns)):
+                name = "student_control" if cfg == "none" else "student_watermarked"
+                model.save_pretrained(work / name), tok.save_pretrained(work / name)
             del model
+            return label, {"wall_s": time.time() - t_w, "cpu_s": cpu_clock() - t_c}
+
+        with ThreadPoolExecutor(max_workers=2 if a.parallel_students else 1) as pool:
+            result["run_stages"] = dict(pool.map(run_job, jobs)) | {
+                "note": "one training run and its audits per entry" + (
+                    "; --parallel-students: two at a time on two threads, torch single-threaded; cpu_s per "
+                    "thread" if a.parallel_students else "")}
     result["students_stage"] = {"wall_s": time.time() - t_stage[0], "cpu_s": time.process_time() - t_stage[1],
                                 "note": "training and every audit of the students (process CPU time)"}
     p_max = result["students"].get(f"watermarked_n{max(ns)}", {}).get("open_weights", {}).get("p_value")
