@@ -6,6 +6,10 @@ Reads GSM8K answers cached by bench/watermark_batchgen.py (``--gsm8k N``; temper
     nice -n 10 .venv/bin/python bench/watermark_batchgen.py --set power --chat 0 --gsm8k 50 \
         --configs none,gumbel1_skip --out wm_chat_hf.jsonl
     .venv/bin/python bench/watermark_gsm8k.py --cache wm_chat_hf.jsonl
+    # session 8: the reseeded default on 300 questions (watermark_gsm8k_reseed.json)
+    nice -n 5 .venv/bin/python bench/watermark_batchgen.py --set power --chat 0 --gsm8k 300 \
+        --configs none,gumbel1_reseed --threads 1 --shard 0/2   # and --shard 1/2 beside it
+    .venv/bin/python bench/watermark_gsm8k.py --name watermark_gsm8k_reseed
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def same(a: str | None, b: str) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="wm_chat_hf.jsonl")
+    ap.add_argument("--name", default="watermark_gsm8k", help="result file name in bench/results")
     a = ap.parse_args()
     rows = [r for r in read_cache(a.cache) if r.get("task") == "gsm8k"]
     by: dict[int, dict[str, dict]] = {}
@@ -70,7 +75,7 @@ def main() -> None:
                          "mcnemar_exact_p": float(stats.binomtest(only_none, only_none + only_other).pvalue)
                          if only_none + only_other else 1.0}
     print(res)
-    print("wrote", write_result("watermark_gsm8k", res))
+    print("wrote", write_result(a.name, res))
 
 
 if __name__ == "__main__":
