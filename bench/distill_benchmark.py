@@ -34,6 +34,8 @@ CLI = [sys.executable, "-m", "distillguard.cli", "distill"]
 # the main logit-KD run first: if the compute runs out, it is the one that finished
 RUNS = {
     "logits-forward_kl": ["--method", "logits", "--loss", "forward_kl"],
+    # session 9: forward KL plus hidden-state alignment (the stream handed to teacher layer 27)
+    "logits-forward_kl-hidden": ["--method", "logits", "--loss", "forward_kl", "--hidden-weight", "1.0"],
     "logits-jsd": ["--method", "logits", "--loss", "jsd", "--beta", "0.5"],
     "sft": ["--method", "sft"],
 }
@@ -144,8 +146,17 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true", help="collect (timed, logged) and stop")
     ap.add_argument("--skip-eval", action="store_true", help="keep the eval results already written")
     ap.add_argument("--speed-prompts", type=int, default=6)
+    ap.add_argument("--speed-tokens", type=int, default=None, help="tokens decoded per prompt (default eval.max_new_tokens)")
+    ap.add_argument("--runs", default="logits-forward_kl,logits-jsd,sft", help=f"training runs, of {', '.join(RUNS)}")
+    ap.add_argument("--export-run", default="logits-forward_kl", help="the student exported to GGUF and timed in llama.cpp")
+    ap.add_argument("--goal-run", default="logits-forward_kl", help="the logit-KD student the goals are read from")
+    ap.add_argument("--note", default="", help="the design, written down before the run")
     ap.add_argument("--out", default="bench/results/distill_benchmark.json")
     a = ap.parse_args()
+    runs = [r for r in a.runs.split(",") if r]
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown:
+        ap.error(f"unknown run(s) {', '.join(unknown)}; pick from {', '.join(RUNS)}")
 
     import torch
 
@@ -175,14 +186,14 @@ def main() -> None:
         return ["--max-minutes", str(m)] if m else []
 
     train_steps = {name: ["train", *c, *args, "--max-steps", str(per_run.get(name, a.steps)), *budget(name), "--name", name]
-                   for name, args in RUNS.items()}
+                   for name, args in RUNS.items() if name in runs}
     if a.parallel_train:
         steps += run_parallel(train_steps, log_dir)
     else:
         steps += [run_step(name, args, log_dir) for name, args in train_steps.items()]
     if not a.skip_eval:
         steps.append(run_step("eval", ["eval", *c], log_dir))
-    steps.append(run_step("export", ["export", *c, "--model", str(cfg.students_dir() / "logits-forward_kl"), "--dtype", "q4_1"], log_dir))
+    steps.append(run_step("export", ["export", *c, "--model", str(cfg.students_dir() / a.export_run), "--dtype", "q4_1"], log_dir))
 
     train_recs, held = split_records(ROOT / cfg.dataset_path(), cfg.heldout_fraction)
     export_dir = ROOT / cfg.export_output()
@@ -195,7 +206,7 @@ def main() -> None:
 
         tok = load_teacher(resolve_teacher_path(cfg.teacher.model_path))[1]
         speed = llamacpp_speed(resolve_teacher_path(cfg.teacher.model_path), gguf,
-                               [prompt_ids(tok, r["messages"]) for r in held[: a.speed_prompts]], cfg.eval.max_new_tokens, threads=1)
+                               [prompt_ids(tok, r["messages"]) for r in held[: a.speed_prompts]], a.speed_tokens or cfg.eval.max_new_tokens, threads=1)
         rec = {"step": "llamacpp_speed", "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
         _log_step(rec)
         steps.append(rec)
@@ -220,6 +231,8 @@ def main() -> None:
     result = {
         "benchmark": "distill",
         "command": shlex.join([sys.executable, *sys.argv]),
+        "note": a.note,
+        "exported_run": a.export_run,
         "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
@@ -236,8 +249,9 @@ def main() -> None:
     }
     if ev:
         rows = {m["name"]: m for m in ev["models"]}
-        kd = rows.get("logits-forward_kl")
+        kd = rows.get(a.goal_run)
         result["goals"] = {
+            "run": a.goal_run,
             "decode_speedup_hf_ge_1.8": kd and kd.get("speedup_vs_teacher"),
             "decode_speedup_llamacpp_ge_1.8": speed and speed["speedup"],
             "logit_kd_ppl_ratio_le_1.3": kd and kd.get("ppl_ratio_vs_teacher"),

@@ -71,3 +71,39 @@ def test_bad_inputs():
         kd_loss(torch.zeros(2, 5), torch.zeros(2, 6))
     with pytest.raises(ValueError, match="beta"):
         divergence(torch.zeros(1, 2), torch.zeros(1, 2), "jsd", beta=1.0)
+
+
+def test_alignment_pairs_only_after_dropped_layers():
+    from distillguard.distill.losses import alignment_pairs
+
+    # the bench student: 0..11 then 27..29 -> only the stream handed to teacher layer 27
+    assert alignment_pairs([*range(12), 27, 28, 29], 30) == [(12, 27)]
+    # every other layer: every kept layer after the first follows a dropped one
+    assert alignment_pairs([0, 2, 4, 6], 8) == [(1, 2), (2, 4), (3, 6)]
+    # a dropped first layer: the embeddings feed teacher layer 1
+    assert alignment_pairs([1, 2, 5], 6) == [(0, 1), (2, 5)]
+    assert alignment_pairs([0, 1, 2], 3) == []
+    with pytest.raises(ValueError, match="not increasing"):
+        alignment_pairs([3, 1], 4)
+    with pytest.raises(ValueError, match="not increasing"):
+        alignment_pairs([0, 9], 4)
+
+
+def test_hidden_alignment_loss_is_cosine_over_real_tokens():
+    from distillguard.distill.losses import hidden_alignment_loss
+
+    torch.manual_seed(0)
+    t = tuple(torch.randn(2, 5, 8) for _ in range(4))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    s = list(t)
+    s[1] = t[3].clone()  # the student's layer-1 input is what the teacher feeds its layer 3
+    assert float(hidden_alignment_loss(tuple(s), t, [(1, 3)], mask)) == pytest.approx(0.0, abs=1e-6)
+    # scale does not matter (cosine), padding does not count
+    s[1] = 7.0 * t[3].clone()
+    s[1][0, 3:] = -t[3][0, 3:]
+    assert float(hidden_alignment_loss(tuple(s), t, [(1, 3)], mask)) == pytest.approx(0.0, abs=1e-5)
+    s[1] = -t[3]
+    assert float(hidden_alignment_loss(tuple(s), t, [(1, 3)], mask)) == pytest.approx(2.0, abs=1e-5)
+    # the mean over pairs
+    s[2] = t[2]
+    assert float(hidden_alignment_loss(tuple(s), t, [(1, 3), (2, 2)], mask)) == pytest.approx(1.0, abs=1e-5)

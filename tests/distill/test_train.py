@@ -140,3 +140,43 @@ def test_bf16_loss_close_to_fp32(run_cfg):
 def test_precision_must_be_known(run_cfg):
     with pytest.raises(ValueError, match="precision"):
         run_cfg.train.model_validate({**run_cfg.train.model_dump(), "precision": "fp8"})
+
+
+def _hidden_loss(cfg, model_path):
+    from distillguard.distill.train import layer_pairs
+
+    student, tok = load_model(model_path)
+    teacher = load_model(cfg.teacher.model_path)[0]
+    pairs = layer_pairs(cfg, teacher)
+    examples, _ = prepare(cfg, tok)
+    with torch.no_grad():
+        parts = [batch_loss(student, teacher, collate([examples[i] for i in b], tok.pad_token_id), cfg, pairs)[1]
+                 for b in make_batches(examples, 4)]
+    return pairs, sum(p["hidden"] for p in parts) / len(parts)
+
+
+@pytest.mark.slow
+def test_hidden_alignment_trains_the_stream_into_the_kept_layer(run_cfg):
+    """Student = teacher layers [0, 3]: its layer-1 input is pulled towards what teacher layer 3 reads."""
+    run_cfg.train.method, run_cfg.train.hidden_weight = "logits", 5.0
+    run_cfg.train.learning_rate, run_cfg.train.max_steps = 3e-3, 8
+    pairs, before = _hidden_loss(run_cfg, run_cfg.student_init_path())
+    assert pairs == [(1, 3)] and before > 0.01
+    s = train(run_cfg, progress=False)
+    assert _hidden_loss(run_cfg, s.output)[1] < before
+    logged = [json.loads(x) for x in (s.output / "train_log.jsonl").read_text().splitlines()]
+    assert all("hidden" in r and "kd" in r for r in logged)
+    assert json.loads((s.output / "distill_train.json").read_text())["config"]["hidden_weight"] == 5.0
+
+
+def test_hidden_alignment_needs_logits_and_kept_layers(run_cfg, tmp_path):
+    run_cfg.train.method, run_cfg.train.hidden_weight = "sft", 1.0
+    with pytest.raises(DataError, match="needs method 'logits'"):
+        train(run_cfg, progress=False)
+    # a student folder that does not say which teacher layers it kept
+    bare = tmp_path / "bare"
+    shutil.copytree(run_cfg.student_init_path(), bare)
+    (bare / "distill_student.json").unlink()
+    run_cfg.train.method, run_cfg.train.student = "logits", bare
+    with pytest.raises(DataError, match="records none"):
+        train(run_cfg, progress=False)

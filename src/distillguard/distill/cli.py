@@ -224,6 +224,8 @@ def train(
     loss: Optional[str] = typer.Option(None, "--loss", help="forward_kl | reverse_kl | jsd"),
     beta: Optional[float] = typer.Option(None, "--beta", help="JSD mixing weight"),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
+    hidden_weight: Optional[float] = typer.Option(
+        None, "--hidden-weight", help="hidden-state alignment weight (logits; a student of kept teacher layers)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="wall-clock budget; the model is saved when it runs out"),
     epochs: Optional[float] = typer.Option(None, "--epochs"),
@@ -236,7 +238,7 @@ def train(
     """Train the student on the teacher (sequence-level or token-level KD); resumes from checkpoints."""
     cfg = load_config(
         config, workdir, train__method=method, train__loss=loss, train__beta=beta, train__temperature=temperature,
-        train__max_steps=max_steps, train__max_minutes=max_minutes, train__epochs=epochs, train__batch_size=batch_size,
+        train__hidden_weight=hidden_weight, train__max_steps=max_steps, train__max_minutes=max_minutes, train__epochs=epochs, train__batch_size=batch_size,
         train__learning_rate=learning_rate, train__name=name, train__precision=precision,
     )
     _train(cfg, force)

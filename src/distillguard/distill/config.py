@@ -133,6 +133,10 @@ class TrainConfig(BaseModel):
     temperature: float = Field(1.0, gt=0.0)
     #: weight of the plain cross-entropy on teacher text added to the KD loss
     ce_weight: float = Field(0.0, ge=0.0)
+    #: weight of hidden-state alignment (method "logits", a student of kept teacher layers): the
+    #: stream entering each kept layer that follows dropped ones is pulled towards the teacher's
+    #: (1 - cosine, every real token); 0 = off
+    hidden_weight: float = Field(0.0, ge=0.0)
     #: student to start from; default the output of `distill student`
     student: Path | None = None
     #: run name; the model goes to <workdir>/students/<name>; default "<method>" or "<method>-<loss>"

@@ -142,18 +142,25 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
     return batch
 
 
-def answer_logits(model: Any, batch: dict[str, Any]) -> Any:
+def answer_logits(model: Any, batch: dict[str, Any], hidden: bool = False) -> Any:
     """Next-token logits at the answer positions only (``batch["target_mask"]``), [N, vocab].
 
     The same numbers as ``model(...).logits[:, :-1][mask]``, but the LM head (a vocab x hidden
     matmul per position: 28M multiply-adds for SmolLM2, a third of a 15-layer student's forward)
     runs only where a loss or metric is taken, not on the prompt. Causal LMs whose head is a
     plain projection of the last hidden state (Llama family) take this path; others fall back.
+
+    ``hidden=True`` returns ``(logits, hidden_states)`` with transformers' tuple of residual
+    streams (``hidden_states[j]`` is the input of layer j), for hidden-state alignment.
     """
     mask = batch["target_mask"]
     head = model.get_output_embeddings()
     base = getattr(model, "base_model", None)
+    kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "output_hidden_states": hidden}
     if head is None or base is None or base is model or getattr(model.config, "final_logit_softcapping", None):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
-    hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    return head(hidden[:, :-1][mask])
+        out = model(**kw)
+        logits = out.logits[:, :-1][mask]
+    else:
+        out = base(**kw)
+        logits = head(out.last_hidden_state[:, :-1][mask])
+    return (logits, out.hidden_states) if hidden else logits

@@ -10,6 +10,10 @@ All take log-probabilities over the last dimension and return the mean over toke
   symmetric at beta = 0.5, and it tends to forward / reverse KL (up to scale) at the ends.
 - top-k KD: when an API returns only the top-k logprobs, compare the k named tokens plus one
   "tail" bucket holding the rest of the probability mass, for teacher and student alike.
+- hidden-state alignment (DistilBERT's cosine loss, TinyBERT's hidden-state loss): for a student
+  made of a subset of the teacher's layers, the residual stream entering a kept layer that follows
+  dropped ones should look like the stream the teacher feeds that layer. Over every real token,
+  prompt included (the hidden states cost nothing extra; only the LM head is per answer token).
 """
 
 from __future__ import annotations
@@ -98,3 +102,35 @@ def topk_kd_loss(
     s_all = F.log_softmax(student_logits.float(), dim=-1)
     s_top = s_all.gather(-1, top_ids)
     return divergence(tail_bucket(top_logp.float(), valid), tail_bucket(s_top, valid), kind, beta)
+
+
+def alignment_pairs(kept_layers: list[int], n_teacher: int) -> list[tuple[int, int]]:
+    """(student, teacher) indices into transformers' ``hidden_states`` tuples to align.
+
+    Student layer j is teacher layer ``kept_layers[j]``; where layers were dropped just before
+    it, its input ``hidden_states[j]`` should match the teacher's ``hidden_states[kept[j]]``.
+    Runs of consecutive kept layers need no target inside them: the first layers of
+    [0..11, 27, 28, 29] must *change* to do the work of the dropped 12..26, and only the stream
+    they hand to layer 27 has a teacher counterpart.
+    """
+    if not kept_layers:
+        raise ValueError("hidden-state alignment needs the student's kept teacher layers")
+    if any(not 0 <= k < n_teacher for k in kept_layers) or sorted(set(kept_layers)) != list(kept_layers):
+        raise ValueError(f"kept layers {kept_layers} are not increasing indices into the teacher's {n_teacher} layers")
+    prev = [-1, *kept_layers[:-1]]  # a dropped first layer: the embeddings feed layer kept[0]
+    return [(j, k) for j, (k, p) in enumerate(zip(kept_layers, prev)) if k != p + 1]
+
+
+def hidden_alignment_loss(student_hidden: tuple, teacher_hidden: tuple, pairs: list[tuple[int, int]],
+                          attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cos(student stream, teacher stream) over the pairs and the real tokens.
+
+    Cosine, not MSE: the residual stream's norm grows with depth and a few tokens (the first
+    one) carry very large activations that would dominate a squared error.
+    """
+    if not pairs:
+        return student_hidden[0].new_zeros(())
+    real = attention_mask.bool()
+    losses = [1.0 - F.cosine_similarity(student_hidden[j][real].float(), teacher_hidden[k][real].float(), dim=-1).mean()
+              for j, k in pairs]
+    return torch.stack(losses).mean()

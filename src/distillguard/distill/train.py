@@ -8,7 +8,8 @@ Three methods, chosen by ``train.method``:
 - ``topk``   token-level KD from the top-k logprobs an API returned at collect time, the rest of
              the mass in a tail bucket.
 
-Loss is computed on answer tokens only. ``train.precision = "bf16"`` runs the forward passes under
+KD and CE are computed on answer tokens only; ``train.hidden_weight`` adds hidden-state alignment
+(every real token) for a student made of kept teacher layers. ``train.precision = "bf16"`` runs the forward passes under
 bfloat16 autocast (mixed precision), about twice as fast on CPUs with AMX. Checkpoints (model + optimizer + scheduler + step) go to
 ``<output>/checkpoint`` every ``save_every`` steps; rerunning the same command resumes from it.
 Batch order is a pure function of (seed, step), so a resumed run sees the same batches.
@@ -29,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from distillguard.distill.config import DistillConfig
 from distillguard.distill.data import DataError, Example, answer_logits, collate, encode, encode_topk, make_batches, split_records, token_index
-from distillguard.distill.losses import kd_loss, topk_kd_loss
+from distillguard.distill.losses import alignment_pairs, hidden_alignment_loss, kd_loss, topk_kd_loss
 from distillguard.distill.modelio import check_same_tokenizer, load_model, load_teacher, resolve_teacher_path
 
 
@@ -73,26 +74,59 @@ def autocast(precision: str) -> Any:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def batch_loss(student: Any, teacher: Any, batch: dict[str, Any], cfg: DistillConfig) -> tuple[Any, dict[str, float]]:
-    """The loss of one batch, on answer tokens only."""
+def batch_loss(student: Any, teacher: Any, batch: dict[str, Any], cfg: DistillConfig,
+               pairs: list[tuple[int, int]] | None = None) -> tuple[Any, dict[str, float]]:
+    """The loss of one batch: KD / CE on answer tokens, hidden alignment (``pairs``) on every real token."""
     import torch
     import torch.nn.functional as F
 
     t = cfg.train
     mask = batch["target_mask"]
+    align = t.method == "logits" and t.hidden_weight > 0
+    if align and not pairs:
+        raise DataError("train.hidden_weight > 0 needs the (student, teacher) layer pairs to align")
     with autocast(t.precision):
-        s = answer_logits(student, batch)  # [N answer tokens, V]
+        s = answer_logits(student, batch, hidden=align)  # [N answer tokens, V] (, hidden states)
+    s, s_hidden = s if align else (s, None)
     targets = batch["input_ids"][:, 1:][mask]
     ce = F.cross_entropy(s.float(), targets)
     if t.method == "sft":
         return ce, {"ce": float(ce.detach())}
+    parts: dict[str, float] = {}
+    extra = 0.0
     if t.method == "logits":
         with torch.no_grad(), autocast(t.precision):
-            tl = answer_logits(teacher, batch)
+            tl = answer_logits(teacher, batch, hidden=align)
+        tl, t_hidden = tl if align else (tl, None)
         kd = kd_loss(s, tl, t.loss, t.beta, t.temperature)
+        if align:
+            hl = hidden_alignment_loss(s_hidden, t_hidden, pairs, batch["attention_mask"])
+            extra = t.hidden_weight * hl
+            parts["hidden"] = float(hl.detach())
     else:
         kd = topk_kd_loss(s, batch["top_ids"], batch["top_logp"], batch["top_valid"], t.loss, t.beta)
-    return kd + t.ce_weight * ce, {"kd": float(kd.detach()), "ce": float(ce.detach())}
+    return kd + t.ce_weight * ce + extra, {"kd": float(kd.detach()), "ce": float(ce.detach()), **parts}
+
+
+def layer_pairs(cfg: DistillConfig, teacher: Any) -> list[tuple[int, int]] | None:
+    """The hidden states to align, from the kept layers ``distill student`` recorded (None when off)."""
+    t = cfg.train
+    if t.hidden_weight <= 0:
+        return None
+    if t.method != "logits":
+        raise DataError(f"train.hidden_weight needs method 'logits' (a local teacher's hidden states), not {t.method!r}")
+    src = Path(t.student or cfg.student_init_path())
+    meta = src / "distill_student.json"
+    kept = json.loads(meta.read_text()).get("kept_layers") if meta.is_file() else None
+    if not kept:
+        raise DataError(
+            f"train.hidden_weight > 0 needs a student made of kept teacher layers, and {src} records none "
+            "(no distill_student.json with kept_layers): build it with `distill student` and student.layers, or set hidden_weight = 0"
+        )
+    pairs = alignment_pairs(kept, int(teacher.config.num_hidden_layers))
+    if not pairs:
+        raise DataError(f"the student keeps teacher layers {kept} with none dropped between them: nothing to align; set hidden_weight = 0")
+    return pairs
 
 
 def prepare(cfg: DistillConfig, tok: Any) -> tuple[list[Example], int]:
@@ -152,6 +186,9 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
         check_same_tokenizer(teacher_tok, tok)
         if t.precision == "bf16":
             teacher.to(torch.bfloat16)  # frozen: cast once, not at every forward under autocast
+    pairs = layer_pairs(cfg, teacher) if teacher is not None else None
+    if t.hidden_weight > 0 and teacher is None:
+        raise DataError(f"train.hidden_weight needs method 'logits' (a local teacher's hidden states), not {t.method!r}")
 
     examples, skipped = prepare(cfg, tok)
     batches = make_batches(examples, t.batch_size)
@@ -189,7 +226,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
             step_loss = 0.0
             for micro in range(t.grad_accum):
                 batch = collate(batch_at(step * t.grad_accum + micro), tok.pad_token_id)
-                loss, parts = batch_loss(student, teacher, batch, cfg)
+                loss, parts = batch_loss(student, teacher, batch, cfg, pairs)
                 (loss / t.grad_accum).backward()
                 step_loss += float(loss.detach()) / t.grad_accum
                 tokens += int(batch["attention_mask"].sum())
