@@ -180,3 +180,18 @@ def test_hidden_alignment_needs_logits_and_kept_layers(run_cfg, tmp_path):
     run_cfg.train.method, run_cfg.train.student = "logits", bare
     with pytest.raises(DataError, match="records none"):
         train(run_cfg, progress=False)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_warns_on_a_cpu_that_emulates_it(run_cfg, monkeypatch, fast):
+    import warnings
+
+    monkeypatch.setattr(train_mod, "bf16_is_fast", lambda: fast)
+    run_cfg.train.method, run_cfg.train.precision, run_cfg.train.max_steps = "sft", "bf16", 1
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(run_cfg, progress=False)
+    slow = [w for w in seen if "emulates bfloat16" in str(w.message)]
+    assert len(slow) == (0 if fast else 1)
+    if slow:
+        assert "precision = 'fp32'" in str(slow[0].message)
