@@ -79,8 +79,8 @@ def bf16_is_fast() -> bool:
     """Whether this CPU runs bfloat16 matrix products natively (AVX-512 BF16 or AMX).
 
     Without them (AVX2-only CPUs, e.g. many AMD EPYC VMs) torch emulates bf16 and autocast is
-    far slower than fp32. Seen on an AVX2-only AMD EPYC (session 9 benchmark, two logit-KD runs
-    of the 15-layer SmolLM2 student side by side): about 60 s a step in bf16, about 10 s in fp32.
+    far slower than fp32: on an AVX2-only AMD EPYC a logit-KD step of the 15-layer SmolLM2 student
+    took 121 CPU-s in bf16 against 12.5 in fp32 (9.7x; bench/results/distill_precision_avx2.json).
     """
     import torch
 
@@ -179,7 +179,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
     if t.precision == "bf16" and not bf16_is_fast():
         warnings.warn(
             "train.precision = 'bf16' on a CPU without AVX-512 BF16 or AMX: torch emulates bfloat16 here and "
-            "training runs many times slower than fp32; set train.precision = 'fp32' (or --precision fp32)",
+            "training runs many times slower than fp32 (about 10x on an AVX2-only EPYC); set train.precision = 'fp32' (or --precision fp32)",
             stacklevel=2,
         )
     out = cfg.train_output()
