@@ -232,6 +232,8 @@ def main() -> None:
         "benchmark": "distill",
         "command": shlex.join([sys.executable, *sys.argv]),
         "note": a.note,
+        # settings given as DISTILLGUARD_* overrides reach the CLI steps without showing in the command
+        "env_overrides": {k: v for k, v in os.environ.items() if k.startswith("DISTILLGUARD_")},
         "exported_run": a.export_run,
         "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

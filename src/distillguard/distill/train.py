@@ -207,9 +207,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
         check_same_tokenizer(teacher_tok, tok)
         if t.precision == "bf16":
             teacher.to(torch.bfloat16)  # frozen: cast once, not at every forward under autocast
-    pairs = layer_pairs(cfg, teacher) if teacher is not None else None
-    if t.hidden_weight > 0 and teacher is None:
-        raise DataError(f"train.hidden_weight needs method 'logits' (a local teacher's hidden states), not {t.method!r}")
+    pairs = layer_pairs(cfg, teacher)  # None when off; a clear error for a method without a teacher
 
     examples, skipped = prepare(cfg, tok)
     batches = make_batches(examples, t.batch_size)
