@@ -195,3 +195,13 @@ def test_bf16_warns_on_a_cpu_that_emulates_it(run_cfg, monkeypatch, fast):
     assert len(slow) == (0 if fast else 1)
     if slow:
         assert "precision = 'fp32'" in str(slow[0].message)
+
+
+def test_bf16_training_leaves_the_shared_teacher_float32(run_cfg):
+    """`distill run` trains and then evaluates in one process: eval must score against the float32 teacher."""
+    from distillguard.distill.modelio import load_teacher
+
+    run_cfg.train.method, run_cfg.train.precision, run_cfg.train.max_steps = "logits", "bf16", 1
+    train(run_cfg, progress=False)
+    teacher, _ = load_teacher(run_cfg.teacher.model_path, threads=1)
+    assert {p.dtype for p in teacher.parameters()} == {torch.float32}

@@ -233,13 +233,14 @@ def train(
     learning_rate: Optional[float] = typer.Option(None, "--lr"),
     name: Optional[str] = typer.Option(None, "--name", help="run name (students/<name>)"),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (mixed precision, ~2x faster with AMX)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N] | mps (auto: a CUDA GPU if torch sees one)"),
     force: bool = typer.Option(False, "--force", help="train again even if this run finished"),
 ) -> None:
     """Train the student on the teacher (sequence-level or token-level KD); resumes from checkpoints."""
     cfg = load_config(
         config, workdir, train__method=method, train__loss=loss, train__beta=beta, train__temperature=temperature,
         train__hidden_weight=hidden_weight, train__max_steps=max_steps, train__max_minutes=max_minutes, train__epochs=epochs, train__batch_size=batch_size,
-        train__learning_rate=learning_rate, train__name=name, train__precision=precision,
+        train__learning_rate=learning_rate, train__name=name, train__precision=precision, train__device=device,
     )
     _train(cfg, force)
 
@@ -265,10 +266,11 @@ def eval_cmd(
     generate_prompts: Optional[int] = typer.Option(None, "--generate-prompts", help="held-out prompts answered greedily"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="results JSON (default <workdir>/eval.json)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N] | mps"),
 ) -> None:
     """Fidelity of the teacher, the initial student and each trained student on held-out prompts."""
     cfg = load_config(config, workdir, eval__max_prompts=max_prompts, eval__generate_prompts=generate_prompts,
-                      eval__max_new_tokens=max_new_tokens, eval__output=json_out)
+                      eval__max_new_tokens=max_new_tokens, eval__output=json_out, eval__device=device)
     _eval(cfg)
 
 

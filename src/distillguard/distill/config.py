@@ -28,9 +28,13 @@ Every output path defaults to a file or folder under ``workdir`` so a run is one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
+
+#: where torch runs a step: "auto" = the first CUDA GPU when torch sees one, else the CPU;
+#: an explicit "cuda" / "cuda:1" / "mps" that is not there is an error, not a silent CPU run
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
 
 
 class PromptSource(BaseModel):
@@ -68,6 +72,8 @@ class TeacherConfig(BaseModel):
     #: prompts per forward pass — several times more tokens/s on a CPU, and the very model
     #: (GGUF de-quantized to float) that logit KD runs alongside the student
     engine: Literal["serving", "batched"] = "serving"
+    #: where the batched engine decodes (see ``Device``); the serving engine is llama.cpp on the CPU
+    device: Device = "auto"
 
     @model_validator(mode="after")
     def _url_for_openai(self) -> TeacherConfig:
@@ -161,6 +167,8 @@ class TrainConfig(BaseModel):
     #: student and teacher run under bfloat16 autocast). About 2x faster per step on CPUs with
     #: AMX / AVX-512 BF16 (bench/distill_precision.py); slow on CPUs without them.
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: where student and teacher run (see ``Device``); bf16 is fast on any recent GPU
+    device: Device = "auto"
 
     def run_name(self) -> str:
         if self.name:
@@ -178,6 +186,8 @@ class EvalConfig(BaseModel):
     generate_prompts: int = 20
     max_new_tokens: int = 64
     threads: int = 2
+    #: where the models are scored (see ``Device``); tokens/s are then that device's
+    device: Device = "auto"
     #: default <workdir>/eval.json
     output: Path | None = None
 

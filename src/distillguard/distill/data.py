@@ -142,6 +142,11 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
     return batch
 
 
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (a no-op on the CPU, where collate makes them)."""
+    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
 def answer_logits(model: Any, batch: dict[str, Any], hidden: bool = False) -> Any:
     """Next-token logits at the answer positions only (``batch["target_mask"]``), [N, vocab].
 

@@ -27,9 +27,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from distillguard.distill.config import DistillConfig
-from distillguard.distill.data import DataError, answer_logits, collate, encode, prompt_ids, split_records
+from distillguard.distill.data import DataError, answer_logits, collate, encode, prompt_ids, split_records, to_device
 from distillguard.distill.losses import kl
-from distillguard.distill.modelio import check_same_tokenizer, load_model, load_teacher, param_count, resolve_teacher_path
+from distillguard.distill.modelio import check_same_tokenizer, load_model, load_teacher, param_count, resolve_device, resolve_teacher_path
 
 
 # ---------------------------------------------------------------- text metrics
@@ -105,11 +105,19 @@ def model_list(cfg: DistillConfig) -> list[tuple[str, Path]]:
     return models
 
 
+def _load_for_eval(name: str, path: Path, threads: int, device: Any) -> tuple[Any, Any]:
+    if name == "teacher":
+        return load_teacher(path, threads=threads, device=device)
+    model, tok = load_model(path, threads=threads)
+    return model.to(device), tok
+
+
 def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     import torch
 
     e = cfg.eval
     torch.set_num_threads(e.threads)
+    device = resolve_device(e.device)
     _, held = split_records(cfg.dataset_path(), cfg.heldout_fraction)
     if not held:
         raise DataError(
@@ -119,8 +127,7 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     specs = model_list(cfg)
     if not specs:
         raise DataError("nothing to evaluate: run `distill student` / `distill train` first")
-    loaded = [(name, path, *(load_teacher if name == "teacher" else load_model)(path, threads=e.threads))
-              for name, path in specs]
+    loaded = [(name, path, *_load_for_eval(name, path, e.threads, device)) for name, path in specs]
     tok = loaded[0][3]
     for name, _, _, t in loaded[1:]:
         check_same_tokenizer(tok, t, what=f"evaluating {name} against the teacher")
@@ -137,7 +144,7 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     with Progress(disable=not progress) as bar:
         t_forced = bar.add_task("eval teacher-forced", total=len(examples))
         for i in range(0, len(examples), 4):
-            batch = collate(examples[i : i + 4], tok.pad_token_id)
+            batch = to_device(collate(examples[i : i + 4], tok.pad_token_id), device)
             mask = batch["target_mask"]
             targets = batch["input_ids"][:, 1:][mask]
             n_tok += int(mask.sum())
@@ -192,6 +199,7 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         "heldout_prompts_generated": len(gen_recs),
         "max_new_tokens": e.max_new_tokens,
         "threads": e.threads,
+        "device": str(device),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
         "models": [asdict(r) for r in rows.values()],
     }
@@ -210,13 +218,15 @@ def greedy(model: Any, tok: Any, prompt: list[int], max_new_tokens: int) -> tupl
     """Greedy answer (batch 1): (text, new tokens, seconds)."""
     import torch
 
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
             temperature=None, top_p=None, top_k=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         )
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize(ids.device)
     secs = time.perf_counter() - t0
     new = out[0, len(prompt) :].tolist()
     return tok.decode(new, skip_special_tokens=True), len(new), secs

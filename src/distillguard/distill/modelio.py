@@ -14,6 +14,10 @@ class ModelLoadError(ValueError):
     """A model path is missing or not a model; the message says what to give instead."""
 
 
+class DeviceUnavailable(ModelLoadError):
+    """The configured device (``cuda``, ``cuda:1``, ``mps``) is not there; the message says what to set."""
+
+
 class TokenizerMismatch(ValueError):
     """Teacher and student tokenize differently, so their logits cannot be compared token by token."""
 
@@ -22,6 +26,32 @@ def resolve_teacher_path(path: Path | None) -> Path:
     from distillguard.models import smollm2_gguf
 
     return Path(path) if path else smollm2_gguf()
+
+
+def resolve_device(name: str = "auto") -> Any:
+    """``torch.device`` for a config value: "auto" is the first CUDA GPU when torch sees one, else the CPU.
+
+    An explicit accelerator that is not there is an error, never a silent fall-back to the CPU:
+    a run sized for a GPU would take hours on a CPU.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceUnavailable(f"device {name!r} is not a device torch knows ({exc}); use 'auto', 'cpu' or 'cuda[:N]'") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            why = "torch was built without CUDA" if not torch.backends.cuda.is_built() else f"torch sees {n} CUDA device(s)"
+            raise DeviceUnavailable(f"device {name!r} asked for, but {why} (torch {torch.__version__}); set device = 'cpu' or 'auto'")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"device {name!r} asked for, but torch sees no MPS device; set device = 'cpu' or 'auto'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceUnavailable(f"device {name!r}: DistillGuard runs on 'cpu', 'cuda[:N]' or 'mps'")
+    return dev
 
 
 def load_model(path: Path | str, threads: int | None = None) -> tuple[Any, Any]:
@@ -76,26 +106,37 @@ def load_model(path: Path | str, threads: int | None = None) -> tuple[Any, Any]:
     return model, tok
 
 
-_TEACHERS: dict[tuple[str, float], tuple[Any, Any]] = {}
+_TEACHERS: dict[tuple[str, float, str], tuple[Any, Any]] = {}
 
 
-def load_teacher(path: Path | str, threads: int | None = None) -> tuple[Any, Any]:
-    """The teacher as a frozen float model, loaded once per process.
+def load_teacher(path: Path | str, threads: int | None = None, device: Any = None) -> tuple[Any, Any]:
+    """The teacher as a frozen float model, loaded once per process (and device).
 
     `distill run` needs it in collect (batched engine), student, train and eval; de-quantizing a
     GGUF takes seconds each time, which is a good share of a demo's budget. Every user only
-    reads it: its parameters are frozen and it stays in eval mode.
+    reads it: its parameters are frozen and it stays in eval mode. ``device`` (a ``torch.device``;
+    default the CPU) is where its weights live.
     """
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     p = Path(path).resolve()
-    key = (str(p), p.stat().st_mtime if p.exists() else 0.0)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    key = (str(p), p.stat().st_mtime if p.exists() else 0.0, str(dev))
     if key not in _TEACHERS:
-        model, tok = _load_gguf_cached(p, threads) if p.suffix == ".gguf" and p.is_file() else load_model(p, threads=threads)
-        for param in model.parameters():
-            param.requires_grad_(False)
+        cpu_key = (*key[:2], "cpu")
+        if cpu_key in _TEACHERS:
+            model, tok = _TEACHERS[cpu_key]
+        else:
+            model, tok = _load_gguf_cached(p, threads) if p.suffix == ".gguf" and p.is_file() else load_model(p, threads=threads)
+            for param in model.parameters():
+                param.requires_grad_(False)
+        if dev.type != "cpu":
+            import copy
+
+            # a copy: whoever holds the CPU teacher (the serving engine, an earlier step) keeps it there
+            model = copy.deepcopy(model).to(dev) if cpu_key in _TEACHERS else model.to(dev)
         _TEACHERS[key] = (model, tok)
     return _TEACHERS[key]
 

@@ -104,10 +104,11 @@ class BatchedLocalTeacher:
     so collect sorts them by length first.
     """
 
-    def __init__(self, path: Path, name: str, n_threads: int | None = None, batch_size: int = 16):
-        from distillguard.distill.modelio import load_teacher
+    def __init__(self, path: Path, name: str, n_threads: int | None = None, batch_size: int = 16, device: str = "cpu"):
+        from distillguard.distill.modelio import load_teacher, resolve_device
 
-        self.model, self.tok = load_teacher(path, threads=n_threads)
+        self.device = resolve_device(device)
+        self.model, self.tok = load_teacher(path, threads=n_threads, device=self.device)
         self.name = name
         self.batch_size = batch_size
         ends = {self.tok.eos_token_id}
@@ -136,13 +137,13 @@ class BatchedLocalTeacher:
         B = len(prompts)
         L = max(len(p) for p in prompts)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else next(iter(self.end_ids))
-        ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts])
-        attn = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+        ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts], device=self.device)
+        attn = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         gen: list[list[int]] = [[] for _ in range(B)]
         tops: list[list[dict[str, Any]]] = [[] for _ in range(B)]
         finish = ["length"] * B
         alive = list(range(B))
-        rng = torch.Generator().manual_seed(cfg.seed)
+        rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
         with torch.inference_mode():
             pos = (attn.cumsum(-1) - 1).clamp(min=0)
             # logits_to_keep=1: the prompt's other positions would cost B*L*vocab floats for nothing
@@ -156,25 +157,27 @@ class BatchedLocalTeacher:
                     nxt = logits.argmax(-1)
                 if cfg.top_logprobs:
                     logp = torch.log_softmax(logits, -1)
-                    top_v, top_i = logp.topk(cfg.top_logprobs, -1)
+                    top_v, top_i = (x.tolist() for x in logp.topk(cfg.top_logprobs, -1))
+                    chosen_lp = logp.gather(-1, nxt[:, None])[:, 0].tolist()
                 keep = []
+                nxt_host = nxt.tolist()  # one device-to-host copy per step, not one per row
                 for r, j in enumerate(alive):
-                    t = int(nxt[r])
+                    t = nxt_host[r]
                     if t in self.end_ids:
                         finish[j] = "stop"
                         continue
                     gen[j].append(t)
                     if cfg.top_logprobs:
                         tops[j].append({
-                            "token": self.tok.decode([t]), "logprob": float(logp[r, t]),
-                            "top": [{"token": self.tok.decode([int(a)]), "logprob": float(b)}
+                            "token": self.tok.decode([t]), "logprob": chosen_lp[r],
+                            "top": [{"token": self.tok.decode([a]), "logprob": b}
                                     for a, b in zip(top_i[r], top_v[r])],
                         })
                     keep.append(r)
                 if not keep or step == cfg.max_tokens - 1:
                     break
                 if len(keep) < len(alive):
-                    idx = torch.tensor(keep)
+                    idx = torch.tensor(keep, device=self.device)
                     cache.batch_select_indices(idx)
                     attn, nxt = attn[idx], nxt[idx]
                 alive = [alive[r] for r in keep]
@@ -322,5 +325,5 @@ def build_teacher(cfg: TeacherConfig, collect: CollectConfig) -> Teacher:
         path = Path(cfg.model_path) if cfg.model_path else smollm2_gguf()
         if not path.exists():
             raise TeacherError(f"teacher model {path} does not exist; set teacher.model_path to a GGUF file or HF folder")
-        return BatchedLocalTeacher(path, cfg.model, cfg.n_threads, collect.batch_size)
+        return BatchedLocalTeacher(path, cfg.model, cfg.n_threads, collect.batch_size, cfg.device)
     return EngineTeacher(local_engine(cfg), cfg.model)

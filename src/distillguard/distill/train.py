@@ -17,6 +17,7 @@ Batch order is a pure function of (seed, step), so a resumed run sees the same b
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -30,9 +31,11 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distillguard.distill.config import DistillConfig
-from distillguard.distill.data import DataError, Example, answer_logits, collate, encode, encode_topk, make_batches, split_records, token_index
+from distillguard.distill.data import (
+    DataError, Example, answer_logits, collate, encode, encode_topk, make_batches, split_records, to_device, token_index,
+)
 from distillguard.distill.losses import alignment_pairs, hidden_alignment_loss, kd_loss, topk_kd_loss
-from distillguard.distill.modelio import check_same_tokenizer, load_model, load_teacher, resolve_teacher_path
+from distillguard.distill.modelio import check_same_tokenizer, load_model, load_teacher, resolve_device, resolve_teacher_path
 
 
 @dataclass
@@ -52,6 +55,8 @@ class TrainSummary:
     stopped_at: int | None = None
     #: CPU seconds (all threads, this process) spent in the training steps
     cpu_seconds: float | None = None
+    #: where it trained ("cpu", "cuda", ...)
+    device: str | None = None
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -64,15 +69,15 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def autocast(precision: str) -> Any:
-    """bfloat16 autocast on the CPU for ``precision == "bf16"``, else a no-op context.
+def autocast(precision: str, device_type: str = "cpu") -> Any:
+    """bfloat16 autocast on ``device_type`` for ``precision == "bf16"``, else a no-op context.
 
     Only the forward passes run in bfloat16; the losses take ``.float()`` logits, and the master
     weights and AdamW state stay float32 (standard mixed precision).
     """
     import torch
 
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def bf16_is_fast() -> bool:
@@ -100,7 +105,8 @@ def batch_loss(student: Any, teacher: Any, batch: dict[str, Any], cfg: DistillCo
     align = t.method == "logits" and t.hidden_weight > 0
     if align and not pairs:
         raise DataError("train.hidden_weight > 0 needs the (student, teacher) layer pairs to align")
-    with autocast(t.precision):
+    dtype = batch["input_ids"].device.type
+    with autocast(t.precision, dtype):
         s = answer_logits(student, batch, hidden=align)  # [N answer tokens, V] (, hidden states)
     s, s_hidden = s if align else (s, None)
     targets = batch["input_ids"][:, 1:][mask]
@@ -110,7 +116,7 @@ def batch_loss(student: Any, teacher: Any, batch: dict[str, Any], cfg: DistillCo
     parts: dict[str, float] = {}
     extra = 0.0
     if t.method == "logits":
-        with torch.no_grad(), autocast(t.precision):
+        with torch.no_grad(), autocast(t.precision, dtype):
             tl = answer_logits(teacher, batch, hidden=align)
         tl, t_hidden = tl if align else (tl, None)
         kd = kd_loss(s, tl, t.loss, t.beta, t.temperature)
@@ -176,7 +182,8 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
         return TrainSummary(**d)  # finished earlier: nothing to resume
     torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
-    if t.precision == "bf16" and not bf16_is_fast():
+    device = resolve_device(t.device)
+    if t.precision == "bf16" and device.type == "cpu" and not bf16_is_fast():
         warnings.warn(
             "train.precision = 'bf16' on a CPU without AVX-512 BF16 or AMX: torch emulates bfloat16 here and "
             "training runs many times slower than fp32 (about 10x on an AVX2-only EPYC); set train.precision = 'fp32' (or --precision fp32)",
@@ -195,6 +202,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
         resumed_from = int(state["step"])
     else:
         student, tok = load_model(student_src, threads=t.threads)
+    student.to(device)
 
     teacher = None
     if t.method == "logits":
@@ -203,10 +211,12 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
                 "train.method = 'logits' needs a local teacher (its full logits); the teacher is an API: "
                 "use method 'topk' (collect with top_logprobs) or 'sft'"
             )
-        teacher, teacher_tok = load_teacher(resolve_teacher_path(cfg.teacher.model_path), threads=t.threads)
+        teacher, teacher_tok = load_teacher(resolve_teacher_path(cfg.teacher.model_path), threads=t.threads, device=device)
         check_same_tokenizer(teacher_tok, tok)
         if t.precision == "bf16":
-            teacher.to(torch.bfloat16)  # frozen: cast once, not at every forward under autocast
+            # frozen: cast once, not at every forward under autocast; a copy, because the cached
+            # teacher is shared with later steps in this process (eval scores against float32)
+            teacher = copy.deepcopy(teacher).to(torch.bfloat16)
     pairs = layer_pairs(cfg, teacher)  # None when off; a clear error for a method without a teacher
 
     examples, skipped = prepare(cfg, tok)
@@ -244,7 +254,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
             parts: dict[str, float] = {}
             step_loss = 0.0
             for micro in range(t.grad_accum):
-                batch = collate(batch_at(step * t.grad_accum + micro), tok.pad_token_id)
+                batch = to_device(collate(batch_at(step * t.grad_accum + micro), tok.pad_token_id), device)
                 loss, parts = batch_loss(student, teacher, batch, cfg, pairs)
                 (loss / t.grad_accum).backward()
                 step_loss += float(loss.detach()) / t.grad_accum
@@ -268,7 +278,7 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
     tok.save_pretrained(out)
     summary = TrainSummary(
         out, t.method, t.loss if t.method != "sft" else "ce", total, resumed_from, len(examples), skipped,
-        first_loss, last_loss, time.perf_counter() - t0, tokens, stopped_at, time.process_time() - c0,
+        first_loss, last_loss, time.perf_counter() - t0, tokens, stopped_at, time.process_time() - c0, str(device),
     )
     (out / "distill_train.json").write_text(
         json.dumps({**asdict(summary), "output": str(out), "config": json.loads(t.model_dump_json())}, indent=2)
