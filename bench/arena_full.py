@@ -1,7 +1,7 @@
 """Benchmark: the arena's `full` scenario (or any scenario), results recorded in
 bench/results/arena_<scenario>.json with the command line and machine facts.
 
-    nice -n 10 .venv/bin/python bench/arena_full.py [--scenario full] [--out runs/arena-full]
+    nice -n 10 .venv/bin/python bench/arena_full.py [--scenario full] [--out runs/arena-full] [--json FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenario", default="full")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="results file (default bench/results/arena_<scenario>.json)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -47,7 +48,7 @@ def main() -> None:
         "student_quality": (m["student"].get("quality") or {}).get("models"),
         "timing": m["timing"],
     }
-    res = Path(__file__).parent / "results" / f"arena_{sc.name}.json"
+    res = args.json or Path(__file__).parent / "results" / f"arena_{sc.name}.json"
     res.parent.mkdir(exist_ok=True)
     res.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result["headline"], indent=2))
