@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (every step)")
     ap.add_argument("--workdir", default=None, help="override distill.workdir (e.g. /tmp/dg on the device machine)")
     ap.add_argument("--max-prompts", type=int, default=None, help="collect at most this many prompts (default: all)")
+    ap.add_argument("--collect-minutes", type=float, default=None, help="wall budget of the collection (collect.max_minutes)")
     ap.add_argument("--train-minutes", type=float, default=None, help="wall budget of the training run (train.max_minutes)")
     ap.add_argument("--epochs", type=float, default=None)
     ap.add_argument("--max-steps", type=int, default=None)
@@ -125,7 +126,7 @@ def main() -> None:
             src["path"] = str(Path(a.datasets) / Path(src["path"]).name)
     for section in ("teacher", "train", "eval"):
         data[section]["device"] = a.device
-    overrides = {("collect", "max_prompts"): a.max_prompts, ("train", "max_minutes"): a.train_minutes,
+    overrides = {("collect", "max_prompts"): a.max_prompts, ("collect", "max_minutes"): a.collect_minutes, ("train", "max_minutes"): a.train_minutes,
                  ("train", "epochs"): a.epochs, ("train", "max_steps"): a.max_steps,
                  ("train", "batch_size"): a.batch_size, ("train", "precision"): a.precision, ("eval", "max_prompts"): a.eval_prompts,
                  ("eval", "generate_prompts"): a.generate_prompts}
@@ -149,7 +150,7 @@ def main() -> None:
 
     col = timed("collect", device, steps, collect, cfg, progress=sys.stderr.isatty())
     result["collect"] = {"total": col.total, "asked": col.asked, "already": col.already, "failed": col.failed,
-                         "completion_tokens": col.completion_tokens}
+                         "completion_tokens": col.completion_tokens, "stopped_by_time": col.stopped_by_time}
     train_recs, held = split_records(cfg.dataset_path(), cfg.heldout_fraction)
     result["answers"] = {"total": len(load_records(cfg.dataset_path())), "train": len(train_recs), "heldout": len(held)}
     save()

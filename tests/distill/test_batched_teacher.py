@@ -72,6 +72,39 @@ def test_collect_with_batched_teacher_resumes(tmp_path, tiny_teacher, prompt_fil
     assert all(r["teacher"] == "smollm2" and r["completion_tokens"] <= 4 for r in recs)
 
 
+def test_collect_time_budget_stops_after_a_batch_and_resumes(tmp_path, tiny_teacher, prompt_file):
+    cfg = DistillConfig(
+        workdir=tmp_path,
+        teacher=TeacherConfig(model_path=tiny_teacher, n_threads=1, engine="batched"),
+        collect=CollectConfig(sources=[PromptSource(path=prompt_file, field="prompt", limit=7)], max_tokens=4,
+                              batch_size=3, max_minutes=1e-6),
+    )
+    teacher = build_teacher(cfg.teacher, cfg.collect)
+    s = collect(cfg, teacher=teacher, progress=False)
+    assert s.stopped_by_time and s.asked == 3 and s.already == 0  # one batch, then the budget is spent
+    cfg.collect.max_minutes = None
+    s = collect(cfg, teacher=teacher, progress=False)
+    assert not s.stopped_by_time and s.asked == 4 and s.already == 3
+    assert len({r["id"] for r in load_records(cfg.dataset_path())}) == 7
+
+
+def test_batches_do_not_run_shortest_first(tmp_path, tiny_teacher, prompt_file):
+    """A collection cut short must be a fair sample: batch order is shuffled (seeded), not by length."""
+    cfg = DistillConfig(
+        workdir=tmp_path,
+        teacher=TeacherConfig(model_path=tiny_teacher, n_threads=1, engine="batched"),
+        collect=CollectConfig(sources=[PromptSource(path=prompt_file, field="prompt", limit=24)], max_tokens=1, batch_size=2),
+    )
+    teacher = build_teacher(cfg.teacher, cfg.collect)
+    collect(cfg, teacher=teacher, progress=False)
+    lengths = [r["prompt_tokens"] for r in load_records(cfg.dataset_path())]
+    firsts = lengths[::2]  # each batch holds two prompts of neighbouring length; 12 batches
+    assert firsts != sorted(firsts)  # 12 batches in sorted order by chance: 1 in 12! for a seeded shuffle
+    collect(cfg.model_copy(update={"workdir": tmp_path / "again"}), teacher=teacher, progress=False)
+    again = [r["prompt_tokens"] for r in load_records((tmp_path / "again") / "teacher.jsonl")]
+    assert again == lengths  # the same seed, the same order
+
+
 def test_gguf_teacher_is_converted_once(collected, tmp_path, monkeypatch):
     """A GGUF teacher is de-quantized once into a float safetensors copy; later loads read the copy."""
     from distillguard.distill import modelio

@@ -155,6 +155,7 @@ def collect(
     top_logprobs: Optional[int] = typer.Option(None, "--top-logprobs", help="capture this many top logprobs per token"),
     concurrency: Optional[int] = typer.Option(None, "--concurrency"),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="wall-clock budget; a rerun resumes"),
     quick: bool = typer.Option(False, "--quick", help="demo preset: built-in prompts, short answers"),
 ) -> None:
     """Ask the teacher every prompt once; append answers to a JSONL dataset (resumable)."""
@@ -162,6 +163,7 @@ def collect(
     cfg = load_config(
         config, workdir, collect__sources=sources, collect__output=output, collect__max_tokens=max_tokens,
         collect__top_logprobs=top_logprobs, collect__concurrency=concurrency, collect__max_prompts=max_prompts,
+        collect__max_minutes=max_minutes,
         teacher__model_path=teacher_path, teacher__model=teacher_model,
         teacher__url=teacher_url, teacher__kind="openai" if teacher_url else None,
     )
@@ -177,6 +179,7 @@ def _collect(cfg: DistillConfig) -> None:
     err.print(
         f"collect: {s.asked} new answers ({s.completion_tokens} tokens, {s.seconds:.0f}s), {s.already} already there, "
         f"{s.retries} retries -> {s.output}"
+        + ("; stopped by the time budget: rerun the same command to resume" if s.stopped_by_time else "")
     )
 
 

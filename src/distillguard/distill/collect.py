@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ class CollectSummary:
     seconds: float
     completion_tokens: int
     retries: int = 0
+    #: collect.max_minutes ran out before every prompt was answered (a rerun resumes)
+    stopped_by_time: bool = False
 
 
 def load_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -112,6 +115,14 @@ async def collect_async(cfg: DistillConfig, teacher: Teacher | None = None, prog
     tokens = 0
     abort: list[BaseException] = []
     t0 = time.perf_counter()
+    stopped: list[bool] = []
+
+    def out_of_time() -> bool:
+        """The time budget is spent: start nothing new (what is in flight still lands)."""
+        if c.max_minutes is not None and time.perf_counter() - t0 > 60 * c.max_minutes:
+            stopped.append(True)
+            return True
+        return False
 
     bar = Progress(
         TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tok]} tok"),
@@ -123,7 +134,7 @@ async def collect_async(cfg: DistillConfig, teacher: Teacher | None = None, prog
         async def one(item: PromptItem) -> None:
             nonlocal failed, asked, tokens
             async with sem:
-                if abort:
+                if abort or out_of_time():
                     return
                 try:
                     ans = await teacher.answer(item.messages, c)
@@ -145,8 +156,13 @@ async def collect_async(cfg: DistillConfig, teacher: Teacher | None = None, prog
             assert teacher is not None
             order = sorted(items, key=lambda it: len(teacher.prompt_ids(it.messages)))  # type: ignore[attr-defined]
             size = teacher.batch_size  # type: ignore[attr-defined]
-            for i in range(0, len(order), size):
-                chunk = order[i : i + size]
+            chunks = [order[i : i + size] for i in range(0, len(order), size)]
+            # Batches in a seeded random order, not shortest first: a collection cut short (time
+            # budget, kill) is then a fair sample of the prompts, not only the short ones.
+            random.Random(c.seed).shuffle(chunks)
+            for n, chunk in enumerate(chunks):
+                if n and out_of_time():
+                    return
                 try:
                     answers = await teacher.answer_batch([it.messages for it in chunk], c)  # type: ignore[attr-defined]
                 except TeacherError as exc:
@@ -172,7 +188,7 @@ async def collect_async(cfg: DistillConfig, teacher: Teacher | None = None, prog
     summary = CollectSummary(
         total=len(items), already=already, asked=asked, failed=failed,
         output=out, seconds=time.perf_counter() - t0, completion_tokens=tokens,
-        retries=getattr(teacher, "retries", 0),
+        retries=getattr(teacher, "retries", 0), stopped_by_time=bool(stopped),
     )
     if abort:
         n = len({r["id"] for r in load_records(out)})

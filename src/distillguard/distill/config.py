@@ -103,6 +103,9 @@ class CollectConfig(BaseModel):
     timeout_s: float = 120.0
     #: stop after this many prompts in total (None = all of them)
     max_prompts: int | None = None
+    #: wall-clock budget: start no new request or batch once it is spent (None = no limit);
+    #: what is answered is kept and a rerun resumes
+    max_minutes: float | None = Field(None, gt=0)
 
 
 class StudentConfig(BaseModel):
