@@ -71,16 +71,6 @@ def machine(device: str) -> dict:
     return m
 
 
-def loss_curve(log: Path, points: int = 12) -> list[dict]:
-    if not log.is_file():
-        return []
-    last = {r["step"]: r for r in (json.loads(x) for x in log.read_text().splitlines() if x.strip())}
-    rows = [last[k] for k in sorted(last)]
-    n = max(1, len(rows) // points)
-    return [{"steps": f"{c[0]['step']}-{c[-1]['step']}", "loss": sum(r["loss"] for r in c) / len(c)}
-            for c in (rows[i : i + n] for i in range(0, len(rows), n))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="bench/distill_gpu.toml")
@@ -103,6 +93,7 @@ def main() -> None:
     a = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from distill_benchmark import loss_curve  # bench/ is this script's folder, first on sys.path
     os.chdir(ROOT)  # prompt paths in the config are relative to the project root
     from distillguard.config import load_settings
     from distillguard.distill.collect import collect, load_records

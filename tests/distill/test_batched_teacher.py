@@ -54,13 +54,18 @@ def test_sampling_is_seeded(batched):
     assert [x.text for x in a] == [x.text for x in b]
 
 
-def test_collect_with_batched_teacher_resumes(tmp_path, tiny_teacher, prompt_file):
+def _batched_run(tmp_path, tiny_teacher, prompt_file, limit, **collect_settings):
+    """A config that collects ``limit`` built-in prompts with the batched tiny teacher, and that teacher."""
     cfg = DistillConfig(
         workdir=tmp_path,
         teacher=TeacherConfig(model_path=tiny_teacher, n_threads=1, engine="batched"),
-        collect=CollectConfig(sources=[PromptSource(path=prompt_file, field="prompt", limit=7)], max_tokens=4, batch_size=3),
+        collect=CollectConfig(sources=[PromptSource(path=prompt_file, field="prompt", limit=limit)], **collect_settings),
     )
-    teacher = build_teacher(cfg.teacher, cfg.collect)
+    return cfg, build_teacher(cfg.teacher, cfg.collect)
+
+
+def test_collect_with_batched_teacher_resumes(tmp_path, tiny_teacher, prompt_file):
+    cfg, teacher = _batched_run(tmp_path, tiny_teacher, prompt_file, limit=7, max_tokens=4, batch_size=3)
     assert isinstance(teacher, BatchedLocalTeacher)
     cfg5 = cfg.model_copy(update={"collect": cfg.collect.model_copy(update={"max_prompts": 5})})
     s = collect(cfg5, teacher=teacher, progress=False)
@@ -73,13 +78,7 @@ def test_collect_with_batched_teacher_resumes(tmp_path, tiny_teacher, prompt_fil
 
 
 def test_collect_time_budget_stops_after_a_batch_and_resumes(tmp_path, tiny_teacher, prompt_file):
-    cfg = DistillConfig(
-        workdir=tmp_path,
-        teacher=TeacherConfig(model_path=tiny_teacher, n_threads=1, engine="batched"),
-        collect=CollectConfig(sources=[PromptSource(path=prompt_file, field="prompt", limit=7)], max_tokens=4,
-                              batch_size=3, max_minutes=1e-6),
-    )
-    teacher = build_teacher(cfg.teacher, cfg.collect)
+    cfg, teacher = _batched_run(tmp_path, tiny_teacher, prompt_file, limit=7, max_tokens=4, batch_size=3, max_minutes=1e-6)
     s = collect(cfg, teacher=teacher, progress=False)
     assert s.stopped_by_time and s.asked == 3 and s.already == 0  # one batch, then the budget is spent
     cfg.collect.max_minutes = None
@@ -90,12 +89,7 @@ def test_collect_time_budget_stops_after_a_batch_and_resumes(tmp_path, tiny_teac
 
 def test_batches_do_not_run_shortest_first(tmp_path, tiny_teacher, prompt_file):
     """A collection cut short must be a fair sample: batch order is shuffled (seeded), not by length."""
-    cfg = DistillConfig(
-        workdir=tmp_path,
-        teacher=TeacherConfig(model_path=tiny_teacher, n_threads=1, engine="batched"),
-        collect=CollectConfig(sources=[PromptSource(path=prompt_file, field="prompt", limit=24)], max_tokens=1, batch_size=2),
-    )
-    teacher = build_teacher(cfg.teacher, cfg.collect)
+    cfg, teacher = _batched_run(tmp_path, tiny_teacher, prompt_file, limit=24, max_tokens=1, batch_size=2)
     collect(cfg, teacher=teacher, progress=False)
     lengths = [r["prompt_tokens"] for r in load_records(cfg.dataset_path())]
     firsts = lengths[::2]  # each batch holds two prompts of neighbouring length; 12 batches

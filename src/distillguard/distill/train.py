@@ -197,7 +197,8 @@ def train(cfg: DistillConfig, progress: bool = True, force: bool = False) -> Tra
     resumed_from = 0
     state: dict[str, Any] | None = None
     if (ckpt / "trainer_state.pt").is_file():
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        # on the CPU first: a checkpoint written on a GPU resumes anywhere (the optimizer moves its state to the params)
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False, map_location="cpu")
         student, tok = load_model(ckpt, threads=t.threads)
         resumed_from = int(state["step"])
     else:
