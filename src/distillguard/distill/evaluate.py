@@ -9,6 +9,8 @@ Free-running (greedy, batch 1, models interleaved prompt by prompt so they share
   GSM8K accuracy   final number vs the reference, for prompts from GSM8K
   tokens/s         decode speed
 plus the parameter count. Rows: teacher, the untrained initial student, each trained student.
+The teacher-forced metrics get 95% bootstrap intervals over held-out prompts, and the per-prompt
+sums are kept in the JSON (``per_prompt``), so two runs can be compared prompt by prompt.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class ModelRow:
     gsm8k_n: int = 0
     tokens_per_s: float | None = None
     generated_tokens: int = 0
+    #: 95% bootstrap intervals over held-out prompts (top1_agreement, kl, perplexity, ppl_ratio_vs_teacher)
+    ci95: dict[str, list[float]] | None = None
 
 
 def model_list(cfg: DistillConfig) -> list[tuple[str, Path]]:
@@ -136,10 +140,10 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
 
     examples = [x for x in (encode(r, tok, cfg.train.max_length, cfg.train.include_reasoning) for r in held[: e.max_prompts]) if x]
     gen_recs = held[: e.generate_prompts]
-    agree = {n: 0 for n in rows}
-    kl_sum = {n: 0.0 for n in rows}
-    nll_sum = {n: 0.0 for n in rows}
-    n_tok = 0
+    # per held-out prompt: answer tokens, and each model's agreements, NLL and KL summed over them
+    # (the totals below; bootstrap intervals; and paired comparisons of runs from the JSON)
+    tok_per_prompt: list[int] = []
+    per_prompt = {n: {"agree": [], "nll": [], "kl": []} for n in rows}
     gen: dict[str, dict[str, float]] = {n: {"rouge": 0.0, "tokens": 0, "seconds": 0.0, "gsm_ok": 0, "gsm_n": 0} for n in rows}
     with Progress(disable=not progress) as bar:
         t_forced = bar.add_task("eval teacher-forced", total=len(examples))
@@ -147,7 +151,12 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
             batch = to_device(collate(examples[i : i + 4], tok.pad_token_id), device)
             mask = batch["target_mask"]
             targets = batch["input_ids"][:, 1:][mask]
-            n_tok += int(mask.sum())
+            sizes = mask.sum(1).tolist()  # answer rows of each prompt, in order
+            tok_per_prompt += sizes
+
+            def per(v: Any) -> list[float]:
+                return [float(x.sum()) for x in torch.split(v.float(), sizes)]
+
             t_logp = None
             with torch.no_grad():
                 for name, _, model, _ in loaded:
@@ -155,10 +164,11 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
                     logp = torch.log_softmax(logits.float(), dim=-1)
                     if t_logp is None and has_teacher:
                         t_logp = logp
-                    nll_sum[name] += float(-logp.gather(-1, targets[:, None]).sum())
+                    pp = per_prompt[name]
+                    pp["nll"] += per(-logp.gather(-1, targets[:, None])[:, 0])
                     if t_logp is not None:
-                        agree[name] += int((logp.argmax(-1) == t_logp.argmax(-1)).sum())
-                        kl_sum[name] += float(kl(t_logp, logp).sum())
+                        pp["agree"] += per(logp.argmax(-1) == t_logp.argmax(-1))
+                        pp["kl"] += per(kl(t_logp, logp))
             bar.update(t_forced, advance=len(batch["input_ids"]))
 
         t_gen = bar.add_task("eval greedy answers", total=len(gen_recs) * len(loaded))
@@ -177,12 +187,15 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
                     g["gsm_ok"] += int(final_number(text) == final_number(rec["reference"]))
                 bar.update(t_gen, advance=1)
 
+    n_tok = sum(tok_per_prompt)
     for name, row in rows.items():
+        pp = per_prompt[name]
         if n_tok:
-            row.perplexity = math.exp(nll_sum[name] / n_tok)
+            row.perplexity = math.exp(sum(pp["nll"]) / n_tok)
             if has_teacher:
-                row.top1_agreement = agree[name] / n_tok
-                row.kl = kl_sum[name] / n_tok
+                row.top1_agreement = sum(pp["agree"]) / n_tok
+                row.kl = sum(pp["kl"]) / n_tok
+            row.ci95 = bootstrap_ci(tok_per_prompt, pp, per_prompt["teacher"] if has_teacher else None)
         g = gen[name]
         if gen_recs:
             row.rouge_l = g["rouge"] / len(gen_recs)
@@ -202,6 +215,7 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         "device": str(device),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
         "models": [asdict(r) for r in rows.values()],
+        "per_prompt": {"ids": [x.id for x in examples], "answer_tokens": tok_per_prompt, **per_prompt},
     }
     if has_teacher:
         t_row = rows["teacher"]
@@ -212,6 +226,28 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def bootstrap_ci(tokens: list[int], model: dict[str, list[float]], teacher: dict[str, list[float]] | None,
+                 rounds: int = 2000, seed: int = 0) -> dict[str, list[float]] | None:
+    """95% percentile-bootstrap intervals, resampling held-out prompts (the unit that varies).
+
+    Token-level metrics are ratios of sums over the resampled prompts; the perplexity ratio is
+    paired (the teacher's NLL on the same resample), so it does not carry the teacher's noise twice.
+    """
+    import numpy as np
+
+    n = len(tokens)
+    if n < 2:
+        return None
+    idx = np.random.default_rng(seed).integers(0, n, size=(rounds, n))
+    tok = np.asarray(tokens, dtype=float)[idx].sum(1)
+    stats = {"perplexity": np.exp(np.asarray(model["nll"])[idx].sum(1) / tok)}
+    if teacher is not None and model["agree"]:
+        stats["top1_agreement"] = np.asarray(model["agree"])[idx].sum(1) / tok
+        stats["kl"] = np.asarray(model["kl"])[idx].sum(1) / tok
+        stats["ppl_ratio_vs_teacher"] = np.exp((np.asarray(model["nll"]) - np.asarray(teacher["nll"]))[idx].sum(1) / tok)
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in stats.items()}
 
 
 def greedy(model: Any, tok: Any, prompt: list[int], max_new_tokens: int) -> tuple[str, int, float]:
@@ -240,11 +276,16 @@ def render_table(result: dict[str, Any], console: Console | None = None) -> None
                     f"{result['heldout_prompts_generated']} answered greedily")
     for col in ["model", "params", "top-1 agree", "KL(T||S)", "ppl", "ppl/teacher", "ROUGE-L", "GSM8K", "tok/s", "speed-up"]:
         t.add_column(col, justify="left" if col == "model" else "right")
+    def ci(r: dict[str, Any], key: str, fmt: str) -> str:
+        lo_hi = (r.get("ci95") or {}).get(key)
+        return "" if not lo_hi or r["name"] == "teacher" else f" ({format(lo_hi[0], fmt)}–{format(lo_hi[1], fmt)})"
+
     for r in result["models"]:
         gsm = "-" if r["gsm8k_accuracy"] is None else f"{r['gsm8k_accuracy']:.0%} of {r['gsm8k_n']}"
         t.add_row(
-            r["name"], f"{r['params'] / 1e6:.1f}M", f(r["top1_agreement"], ".1%"), f(r["kl"], ".3f"), f(r["perplexity"], ".3f"),
-            f(r.get("ppl_ratio_vs_teacher"), ".2f"), f(r["rouge_l"], ".3f"), gsm, f(r["tokens_per_s"], ".1f"),
+            r["name"], f"{r['params'] / 1e6:.1f}M", f(r["top1_agreement"], ".1%") + ci(r, "top1_agreement", ".1%"),
+            f(r["kl"], ".3f"), f(r["perplexity"], ".3f"),
+            f(r.get("ppl_ratio_vs_teacher"), ".2f") + ci(r, "ppl_ratio_vs_teacher", ".2f"), f(r["rouge_l"], ".3f"), gsm, f(r["tokens_per_s"], ".1f"),
             f(r.get("speedup_vs_teacher"), ".2f"),
         )
     (console or Console()).print(t)
