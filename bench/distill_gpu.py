@@ -35,24 +35,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def timed(name: str, device: str, steps: list[dict], fn, *args, **kwargs):
     """Run one step; record wall and process CPU seconds (and the GPU's peak memory)."""
     import torch
 
-    if device.startswith("cuda") and torch.cuda.is_available():
+    gpu = device.startswith("cuda")  # resolve_device has checked it is there
+    if gpu:
         torch.cuda.reset_peak_memory_stats()
     t0, c0 = time.time(), time.process_time()
     out = fn(*args, **kwargs)
-    _sync(device)
+    if gpu:
+        torch.cuda.synchronize()
     rec = {"step": name, "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
-    if device.startswith("cuda") and torch.cuda.is_available():
+    if gpu:
         rec["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(json.dumps(rec), flush=True)
     steps.append(rec)
@@ -65,7 +60,7 @@ def machine(device: str) -> dict:
 
     m = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
          "torch": torch.__version__, "transformers": transformers.__version__, "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
+    if device.startswith("cuda"):
         p = torch.cuda.get_device_properties(0)
         m.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
     return m

@@ -115,14 +115,13 @@ async def collect_async(cfg: DistillConfig, teacher: Teacher | None = None, prog
     tokens = 0
     abort: list[BaseException] = []
     t0 = time.perf_counter()
-    stopped: list[bool] = []
+    stopped = False
 
     def out_of_time() -> bool:
         """The time budget is spent: start nothing new (what is in flight still lands)."""
-        if c.max_minutes is not None and time.perf_counter() - t0 > 60 * c.max_minutes:
-            stopped.append(True)
-            return True
-        return False
+        nonlocal stopped
+        stopped = stopped or (c.max_minutes is not None and time.perf_counter() - t0 > 60 * c.max_minutes)
+        return stopped
 
     bar = Progress(
         TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tok]} tok"),
@@ -188,7 +187,7 @@ async def collect_async(cfg: DistillConfig, teacher: Teacher | None = None, prog
     summary = CollectSummary(
         total=len(items), already=already, asked=asked, failed=failed,
         output=out, seconds=time.perf_counter() - t0, completion_tokens=tokens,
-        retries=getattr(teacher, "retries", 0), stopped_by_time=bool(stopped),
+        retries=getattr(teacher, "retries", 0), stopped_by_time=stopped,
     )
     if abort:
         n = len({r["id"] for r in load_records(out)})

@@ -154,9 +154,6 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
             sizes = mask.sum(1).tolist()  # answer rows of each prompt, in order
             tok_per_prompt += sizes
 
-            def per(v: Any) -> list[float]:
-                return [float(x.sum()) for x in torch.split(v.float(), sizes)]
-
             t_logp = None
             with torch.no_grad():
                 for name, _, model, _ in loaded:
@@ -165,10 +162,10 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
                     if t_logp is None and has_teacher:
                         t_logp = logp
                     pp = per_prompt[name]
-                    pp["nll"] += per(-logp.gather(-1, targets[:, None])[:, 0])
+                    pp["nll"] += _per_prompt(-logp.gather(-1, targets[:, None])[:, 0], sizes)
                     if t_logp is not None:
-                        pp["agree"] += per(logp.argmax(-1) == t_logp.argmax(-1))
-                        pp["kl"] += per(kl(t_logp, logp))
+                        pp["agree"] += _per_prompt(logp.argmax(-1) == t_logp.argmax(-1), sizes)
+                        pp["kl"] += _per_prompt(kl(t_logp, logp), sizes)
             bar.update(t_forced, advance=len(batch["input_ids"]))
 
         t_gen = bar.add_task("eval greedy answers", total=len(gen_recs) * len(loaded))
@@ -226,6 +223,13 @@ def evaluate(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _per_prompt(values: Any, sizes: list[int]) -> list[float]:
+    """Per-token values (answer rows of consecutive prompts) summed per prompt."""
+    import torch
+
+    return [float(x.sum()) for x in torch.split(values.float(), sizes)]
 
 
 def bootstrap_ci(tokens: list[int], model: dict[str, list[float]], teacher: dict[str, list[float]] | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -125,19 +126,15 @@ def load_teacher(path: Path | str, threads: int | None = None, device: Any = Non
     dev = torch.device(device) if device is not None else torch.device("cpu")
     key = (str(p), p.stat().st_mtime if p.exists() else 0.0, str(dev))
     if key not in _TEACHERS:
-        cpu_key = (*key[:2], "cpu")
-        if cpu_key in _TEACHERS:
-            model, tok = _TEACHERS[cpu_key]
+        if dev.type != "cpu":
+            # a copy of the (cached) CPU teacher: whoever holds that one keeps it on the CPU
+            model, tok = load_teacher(p, threads)
+            _TEACHERS[key] = (copy.deepcopy(model).to(dev), tok)
         else:
             model, tok = _load_gguf_cached(p, threads) if p.suffix == ".gguf" and p.is_file() else load_model(p, threads=threads)
             for param in model.parameters():
                 param.requires_grad_(False)
-        if dev.type != "cpu":
-            import copy
-
-            # a copy: whoever holds the CPU teacher (the serving engine, an earlier step) keeps it there
-            model = copy.deepcopy(model).to(dev) if cpu_key in _TEACHERS else model.to(dev)
-        _TEACHERS[key] = (model, tok)
+            _TEACHERS[key] = (model, tok)
     return _TEACHERS[key]
 
 
